@@ -1,0 +1,174 @@
+"""On-device augmentation: deferred crop/flip, normalize, MixUp / CutMix.
+
+Loaders hand over uint8 channels_last views (plus, for the tensor backend, a pending
+per-sample `Geometry`); this module turns them into normalised float/bf16 channels_last
+tensors, optionally mixed. The mixing *description* (pairing indices and λ) stays with the
+caller, which builds its (soft) targets from (y_a, y_b, λ) — no dense B×C targets here.
+
+GLMC semantics (METHODS.md §2.3–2.4) are the default:
+- one λ per step, λ ~ Beta(β, β) with β = 1 (= Uniform(0, 1)) by default;
+- CutMix box side s = ceil(L·sqrt(1−λ)) per axis, centre uniform over integer pixels [0, L),
+  box [clip(c − ⌊s/2⌋, 0, L), clip(c + ⌊s/2⌋, 0, L)) per axis;
+- the CutMix label weight is the same λ (no area correction); `area_correct=True` gives
+  standard CutMix's 1 − box_area / (H·W).
+
+`impl`: "auto" runs the fused Triton kernel (kernels/mix) on CUDA tensors and the pure-torch
+reference elsewhere; "triton" / "torch" force one (config key `loader.mix_impl`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fasttrain.kernels.mix.function import fused_mix, fused_normalize
+from fasttrain.loaders.base import Batch, Geometry
+
+IMPLS = ("auto", "triton", "torch")
+
+
+@dataclass
+class MixSpec:
+    lam: float  # MixUp pixel weight of row a; also label weight of y_a for the MixUp view
+    box: tuple[int, int, int, int]  # CutMix box (y0, y1, x0, x1), half-open, output-image coords
+    lam_cut: float  # label weight of y_a for the CutMix view (== lam unless area_correct)
+
+
+def _uniform(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def _gamma(shape: float, generator: torch.Generator | None) -> float:
+    """Gamma(shape, 1) by Marsaglia–Tsang, drawn from a torch generator (host, no device)."""
+    if shape < 1.0:  # boost: Gamma(a) = Gamma(a + 1) * U^(1/a)
+        u = _uniform(generator)
+        return _gamma(shape + 1.0, generator) * u ** (1.0 / shape)
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    while True:
+        z = float(torch.randn((), generator=generator, dtype=torch.float64))
+        v = (1.0 + c * z) ** 3
+        if v <= 0:
+            continue
+        u = _uniform(generator)
+        if math.log(max(u, 1e-300)) < 0.5 * z * z + d - d * v + d * math.log(v):
+            return d * v
+
+
+def sample_lambda(beta: float = 1.0, generator: torch.Generator | None = None) -> float:
+    """λ ~ Beta(β, β); β = 1 is Uniform(0, 1) (GLMC's code)."""
+    if not beta > 0:
+        raise ValueError(f"mix beta must be > 0, got {beta!r}")
+    if beta == 1.0:
+        return _uniform(generator)
+    x, y = _gamma(beta, generator), _gamma(beta, generator)
+    return x / (x + y) if x + y > 0 else _uniform(generator)
+
+
+def cutmix_box(height: int, width: int, lam: float, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """GLMC box for λ and centre (cy, cx): side s = ceil(L·sqrt(1−λ)), half-width ⌊s/2⌋, clipped."""
+    cut = math.sqrt(max(0.0, 1.0 - lam))
+    half_h = math.ceil(height * cut) // 2
+    half_w = math.ceil(width * cut) // 2
+    y0, y1 = min(max(cy - half_h, 0), height), min(max(cy + half_h, 0), height)
+    x0, x1 = min(max(cx - half_w, 0), width), min(max(cx + half_w, 0), width)
+    return y0, y1, x0, x1
+
+
+def sample_mix(height: int, width: int, *, beta: float = 1.0, area_correct: bool = False,
+               generator: torch.Generator | None = None) -> MixSpec:
+    """Draw λ and the CutMix box on the host (CPU generator; never touches the device)."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError("sample_mix needs a CPU generator (it is a host-side draw)")
+    lam = sample_lambda(beta, generator)
+    cy = int(torch.randint(height, (), generator=generator))
+    cx = int(torch.randint(width, (), generator=generator))
+    box = cutmix_box(height, width, lam, cy, cx)
+    lam_cut = lam
+    if area_correct:
+        y0, y1, x0, x1 = box
+        lam_cut = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
+    return MixSpec(lam=lam, box=box, lam_cut=lam_cut)
+
+
+def random_geometry(n: int, padding: int, flip: bool, generator: torch.Generator | None,
+                    device: torch.device | str) -> Geometry:
+    """Per-sample crop offsets in [0, 2·padding] and flip flags (p = 0.5), drawn on `device`."""
+    if padding < 0:
+        raise ValueError(f"augment.crop_padding must be >= 0, got {padding}")
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=device,
+                            dtype=torch.int32)
+    if flip:
+        flips = torch.randint(0, 2, (n,), generator=generator, device=device, dtype=torch.uint8).bool()
+    else:
+        flips = torch.zeros(n, dtype=torch.bool, device=device)
+    return Geometry(offsets=offsets, flip=flips, padding=padding)
+
+
+def _check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"loader.mix_impl: expected one of {list(IMPLS)}, got {impl!r}")
+
+
+def normalize_views(batch: Batch, mean: Sequence[float], std: Sequence[float],
+                    dtype: torch.dtype = torch.float32, impl: str = "auto") -> list[torch.Tensor]:
+    """Apply each view's pending geometry and normalise: uint8 -> `dtype` channels_last (B,3,H,W)."""
+    _check_impl(impl)
+    if batch.normalized:
+        return list(batch.views)
+    out = []
+    for i, view in enumerate(batch.views):
+        geo = batch.geometry[i] if i < len(batch.geometry) else None
+        out.append(fused_normalize(view, geo, mean, std, dtype=dtype, impl=impl))
+    return out
+
+
+def mixup_cutmix(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geometry | None,
+                 geo_cut: Geometry | None, idx_a: torch.Tensor, idx_b: torch.Tensor, spec: MixSpec,
+                 mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32,
+                 impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp view and CutMix view of M = len(idx_a) pairs, in one pass over the uint8 sources.
+
+    MixUp  = lam·norm(view_mix[idx_a]) + (1−lam)·norm(view_mix[idx_b]);
+    CutMix = norm(view_cut[idx_a]) with spec.box replaced by norm(view_cut[idx_b]).
+    Geometry (if given) is per source row and applied before mixing. Returns channels_last
+    `dtype` tensors (M, 3, H, W).
+    """
+    _check_impl(impl)
+    return fused_mix(view_mix, view_cut, geo_mix, geo_cut, idx_a, idx_b, spec.lam, spec.box,
+                     mean, std, dtype=dtype, impl=impl)
+
+
+def stream_pairs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx_a, idx_b) pairing row i of stream 0 with row i of stream 1 (GLMC's pairing)."""
+    if batch.num_streams != 2:
+        raise ValueError(f"stream pairing needs a 2-stream batch, got num_streams={batch.num_streams}")
+    dev = batch.labels.device
+    a, b = batch.stream_rows(0), batch.stream_rows(1)
+    return (torch.arange(a.start, a.stop, device=dev), torch.arange(b.start, b.stop, device=dev))
+
+
+def permutation_pairs(n: int, generator: torch.Generator | None,
+                      device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx_a, idx_b) for single-stream MixUp/CutMix: every row with a random partner."""
+    idx_a = torch.arange(n, device=device)
+    idx_b = torch.randperm(n, generator=generator, device=device)
+    return idx_a, idx_b
+
+
+def mix_glmc(batch: Batch, spec: MixSpec, mean: Sequence[float], std: Sequence[float],
+             dtype: torch.dtype = torch.float32, impl: str = "auto"
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GLMC's mixing of a 2-stream, 2-view batch: returns (mixup, cutmix, y_a, y_b).
+
+    Rows of stream 0 are a, rows of stream 1 are b; view 0 is MixUp-ed, view 1 CutMix-ed.
+    """
+    if len(batch.views) < 2:
+        raise ValueError(f"GLMC mixing needs 2 views per row, got {len(batch.views)}")
+    idx_a, idx_b = stream_pairs(batch)
+    geos = list(batch.geometry) + [None] * (2 - len(batch.geometry))
+    mixup, cutmix = mixup_cutmix(batch.views[0], batch.views[1], geos[0], geos[1], idx_a, idx_b,
+                                 spec, mean, std, dtype=dtype, impl=impl)
+    return mixup, cutmix, batch.labels[idx_a], batch.labels[idx_b]

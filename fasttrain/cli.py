@@ -1,0 +1,93 @@
+"""Command line: `fasttrain train|eval|data|info`."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fasttrain.config import ConfigError
+
+
+def _cmd_train(args) -> int:
+    from fasttrain.config import load_config
+    from fasttrain.trainer import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    summary = run_training(cfg, resume=args.resume)
+    final = summary["final"]
+    print(json.dumps({"run_dir": str(Path(cfg.out_dir) / cfg.name), "final": final, "best": summary["best"],
+                      "img_per_s": round(summary["img_per_s"], 1), "wall_s": round(summary["wall_s"], 1),
+                      "stages": [s["name"] for s in summary["stages"]]}, indent=1))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from fasttrain.trainer import evaluate_checkpoint
+
+    plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_per_class.png")
+    report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot)
+    if not args.per_class:
+        report = {k: v for k, v in report.items() if k != "per_class"}
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from fasttrain.data.download import main as data_main
+
+    return data_main(args.rest)
+
+
+def _cmd_info(args) -> int:
+    from fasttrain.info import collect_info
+
+    print(json.dumps(collect_info(), indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fasttrain", description="High-throughput long-tailed recognition trainer")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train from a YAML config")
+    t.add_argument("config")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/last.pt")
+    t.set_defaults(func=_cmd_train)
+    e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, many/medium/few, ECE, per-class PNG)")
+    e.add_argument("checkpoint")
+    e.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. data.root=...)")
+    e.add_argument("--plot", help="where to write the per-class accuracy PNG")
+    e.add_argument("--per-class", action="store_true", help="print per-class accuracies too")
+    e.set_defaults(func=_cmd_eval)
+    d = sub.add_parser("data", help="fetch or build datasets (cifar10, cifar100, synthetic, verify)",
+                       add_help=False)
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+    d.set_defaults(func=_cmd_data)
+    i = sub.add_parser("info", help="versions, devices and usable optional backends/kernels")
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "train" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # user-facing errors from data checks carry file/line context
+        from fasttrain.data.index import DatasetError
+
+        if isinstance(exc, DatasetError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,411 @@
+"""Typed run configuration loaded from YAML.
+
+A config file is a nested mapping whose sections mirror the dataclasses below. It may name a
+`base:` file (relative to itself) that it extends; CLI overrides `section.key=value` are
+applied last. Every key is checked: an unknown key is an error naming the file, the key path
+and the closest valid key; a wrong type or impossible value names the key, what was expected
+and what was given. The method section is typed by the method's own dataclass (looked up in
+the methods registry by `method.name`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error (printed without a traceback by the CLI)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    # cifar10_lt | cifar100_lt | imagenet_lt | inat2018 | places_lt | folder | synthetic
+    dataset: str = "cifar10_lt"
+    root: str = "data"
+    imbalance_ratio: float = 100.0  # rho = n_max / n_min (CIFAR only)
+    cifar_split: str = "ldam"  # ldam (seed-0 shuffle, first n_i) | glmc (choice w/o replacement)
+    split_seed: int | None = None  # None: 0 for ldam, the run seed for glmc (as in the codes)
+    train_list: str | None = None  # list files; None = the shipped/standard one
+    test_list: str | None = None
+    eval_split: str = "test"  # test | val (list-file datasets)
+    few_shot_rule: str = "<20"  # <20 (standard OLTR) | <=20 (GLMC's code)
+    num_classes: int | None = None  # synthetic corpus only
+    synthetic_max_per_class: int = 40
+    synthetic_imbalance: float = 10.0
+    synthetic_test_per_class: int = 4
+    synthetic_size: list[int] = field(default_factory=lambda: [500, 400])  # width, height
+
+
+@dataclass
+class AugmentConfig:
+    # cifar (pad-4 crop + flip) | imagenet (RandomResizedCrop + ...) | none
+    train: str = "cifar"
+    crop_padding: int = 4
+    crop_size: int = 224
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    color_jitter: float = 0.0  # brightness = contrast = saturation strength; 0 = off
+    color_jitter_p: float = 1.0
+    grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    flip: bool = True
+    eval_resize: int = 256
+    mean: list[float] | None = None  # None = the dataset's standard statistics
+    std: list[float] | None = None
+
+
+@dataclass
+class LoaderConfig:
+    backend: str = "torch"  # torch | tensor | dali | ffcv
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    pin_memory: bool = True
+    prefetch_factor: int = 2
+    drop_last: bool = False
+    sampler: str = "instance"  # instance | class_balanced | power | class_aware | sqrt
+    sampler_q: float = 1.0  # exponent for the power-law sampler (weights n_c^-q)
+    class_aware_k: int = 2
+    dali_threads: int = 4
+    dali_prefetch: int = 2
+    skip_corrupt: bool = False  # dali: skip and count unreadable JPEGs instead of failing
+    mix_impl: str = "auto"  # auto | triton | torch (fused mix kernel dispatch)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet32"  # resnet32 | resnet32_w4 | resnet50 | resnext50_32x4d
+    channels_last: bool = True
+    init_from: str | None = None  # checkpoint whose model weights initialise this run
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    fused: bool = True  # torch fused SGD on CUDA
+    apex: bool = False  # apex FusedSGD when importable
+
+
+@dataclass
+class ScheduleConfig:
+    # constant | cosine | warmup_cosine | multistep | code_offbyone (GLMC ImageNet) | warmup_multistep
+    name: str = "cosine"
+    warmup_epochs: int = 0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    per_step: bool = False  # update the lr every step instead of every epoch
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: bool = False
+    log_every: int = 50
+    eval_every: int = 1
+    save_every: int = 1
+    max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+    deterministic: bool = False
+    loss_impl: str = "auto"  # fused soft-label loss dispatch: auto (Triton on CUDA) | triton | torch
+
+
+@dataclass
+class StageConfig:
+    """A later stage of a multi-stage run: overrides applied on top of the resolved run config."""
+
+    name: str = "stage"
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: Any = None  # the method's own dataclass instance
+    stages: list[StageConfig] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks: (key path) -> predicate, message
+# --------------------------------------------------------------------------------------------
+
+CHOICES = {
+    "data.dataset": ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", "places_lt", "folder", "synthetic"],
+    "data.cifar_split": ["ldam", "glmc"],
+    "data.few_shot_rule": ["<20", "<=20"],
+    "data.eval_split": ["test", "val"],
+    "augment.train": ["cifar", "imagenet", "none"],
+    "loader.backend": ["torch", "tensor", "dali", "ffcv"],
+    "loader.sampler": ["instance", "class_balanced", "power", "class_aware", "sqrt"],
+    "loader.mix_impl": ["auto", "triton", "torch"],
+    "optim.name": ["sgd"],
+    "schedule.name": ["constant", "cosine", "warmup_cosine", "multistep", "warmup_multistep", "code_offbyone"],
+    "train.amp": ["auto", "bf16", "fp16", "fp32"],
+    "train.loss_impl": ["auto", "triton", "torch"],
+}
+
+POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "train.epochs", "loader.class_aware_k",
+            "train.log_every", "train.eval_every", "train.save_every", "augment.crop_size",
+            "augment.eval_resize", "loader.dali_threads", "loader.prefetch_factor"}
+NON_NEGATIVE = {"optim.lr", "optim.weight_decay", "optim.momentum", "loader.num_workers",
+                "schedule.warmup_epochs", "augment.crop_padding", "augment.color_jitter",
+                "schedule.min_lr"}
+PROBABILITY = {"augment.grayscale_p", "augment.blur_p", "augment.color_jitter_p"}
+
+
+def _check_values(cfg: RunConfig) -> None:
+    def get(path: str) -> Any:
+        obj: Any = cfg
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    for path, choices in CHOICES.items():
+        if get(path) not in choices:
+            raise ConfigError(f"{path}: expected one of {choices}, got {get(path)!r}")
+    for path in POSITIVE:
+        if get(path) <= 0:
+            raise ConfigError(f"{path}: expected a value > 0, got {get(path)!r}")
+    for path in NON_NEGATIVE:
+        if get(path) < 0:
+            raise ConfigError(f"{path}: expected a value >= 0, got {get(path)!r}")
+    for path in PROBABILITY:
+        if not 0.0 <= get(path) <= 1.0:
+            raise ConfigError(f"{path}: expected a probability in [0, 1], got {get(path)!r}")
+    if cfg.data.imbalance_ratio < 1:
+        raise ConfigError(f"data.imbalance_ratio: expected a value >= 1, got {cfg.data.imbalance_ratio!r}")
+    if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch <= 0:
+        raise ConfigError(f"train.max_steps_per_epoch: expected a value > 0 or null, got {cfg.train.max_steps_per_epoch!r}")
+    if cfg.method is not None and hasattr(cfg.method, "validate"):
+        try:
+            cfg.method.validate()
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"method: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Building dataclasses from mappings, with errors that name the key
+# --------------------------------------------------------------------------------------------
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type or raise a ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return build_dataclass(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected str, got {value!r}")
+    return value
+
+
+def build_dataclass(cls: type, values: dict, where: str = "") -> Any:
+    """Build `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key {path!r}{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML loading: base files, overrides, the method section
+# --------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "overrides":
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: circular `base:` chain: {' -> '.join(map(str, chain + (path,)))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = _read_yaml((path.parent / base), chain + (path,))
+    return _deep_merge(parent, raw)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=c` -> (['a', 'b'], parsed YAML scalar c)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, value = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for k in keys[:-1]:
+            nxt = node.get(k)
+            nxt = dict(nxt) if isinstance(nxt, dict) else {}
+            node[k] = nxt
+            node = nxt
+        node[keys[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:
+    """Validate a raw mapping into a RunConfig; errors are prefixed with `source`."""
+    from fasttrain.methods import METHODS  # late import: methods import config
+
+    raw = dict(raw)
+    method_raw = raw.pop("method", None) or {"name": "ce"}
+    if not isinstance(method_raw, dict):
+        raise ConfigError(f"{source}: method: expected a mapping with a `name`, got {method_raw!r}")
+    method_raw = dict(method_raw)
+    name = method_raw.pop("name", "ce")
+    if name not in METHODS:
+        raise ConfigError(f"{source}: method.name: unknown method {name!r}{_suggest(str(name), list(METHODS))}")
+    try:
+        cfg = build_dataclass(RunConfig, raw)
+        cfg.method = build_dataclass(METHODS[name].config_class, method_raw, "method")
+        cfg.method.name = name
+        _check_values(cfg)
+        for i, stage in enumerate(cfg.stages):  # each stage must resolve on its own
+            stage_config(cfg, i)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    raw = _read_yaml(Path(path))
+    raw = apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, str(path))
+
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def stage_config(cfg: RunConfig, index: int) -> RunConfig:
+    """The resolved config of later stage `index`: the run config with the stage's overrides."""
+    stage = cfg.stages[index]
+    raw = to_dict(cfg)
+    raw.pop("stages")
+    method = raw.pop("method")
+    over = dict(stage.overrides)
+    if "method" in over:
+        m = dict(over.pop("method"))
+        method = m if "name" in m and m["name"] != method["name"] else {**method, **m}
+    raw = _deep_merge(raw, over)
+    raw["method"] = method
+    raw["name"] = f"{cfg.name}/{stage.name}"
+    return config_from_dict(raw, f"stages[{index}] ({stage.name})")
+
+
+def dump_config(cfg: RunConfig, path: Path) -> None:
+    data = to_dict(cfg)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,91 @@
+"""Evaluation: top-1 overall / many / medium / few, per-class accuracy, ECE, per-class plot.
+
+Group accuracy is the mean of per-class accuracies within the group (OLTR protocol); groups
+are defined by *train* counts (METHODS.md §1.5).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fasttrain.data.index import GROUP_NAMES, shot_groups
+
+
+@torch.no_grad()
+def collect_predictions(method, model, loader, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader."""
+    from fasttrain.augment import normalize_views
+
+    model.eval()
+    probs, labels = [], []
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.compute_dtype == torch.bfloat16)
+    for batch in loader:
+        (x,) = normalize_views(batch, ctx.mean, ctx.std, ctx.compute_dtype, ctx.mix_impl)[:1]
+        with autocast:
+            logits = method.predict(model, x)
+        probs.append(torch.softmax(logits.float(), dim=1))
+        labels.append(batch.labels)
+    return torch.cat(probs).cpu(), torch.cat(labels).cpu()
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    conf, pred = probs.max(dim=1)
+    correct = (pred == labels).double()
+    edges = torch.linspace(0, 1, bins + 1, dtype=probs.dtype)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.double().mean().item() * abs(conf[mask].double().mean().item() - correct[mask].mean().item())
+    return ece
+
+
+def accuracy_report(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray,
+                    few_shot_rule: str = "<20") -> dict:
+    num_classes = len(train_counts)
+    pred = probs.argmax(dim=1)
+    correct = (pred == labels).long()
+    per_class_total = torch.bincount(labels, minlength=num_classes).double()
+    per_class_correct = torch.bincount(labels, weights=correct.double(), minlength=num_classes)
+    per_class = (per_class_correct / per_class_total.clamp_min(1)).numpy()
+    present = per_class_total.numpy() > 0
+    groups = shot_groups(train_counts, few_shot_rule)
+    report = {"top1": 100.0 * correct.double().mean().item()}
+    for g, name in enumerate(GROUP_NAMES):
+        sel = (groups == g) & present
+        report[name] = 100.0 * float(per_class[sel].mean()) if sel.any() else None
+        report[f"{name}_classes"] = int(sel.sum())
+    report["ece"] = 100.0 * expected_calibration_error(probs, labels)
+    report["per_class"] = [round(100.0 * float(a), 4) for a in per_class]
+    report["few_shot_rule"] = few_shot_rule
+    return report
+
+
+def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path, title: str = "") -> None:
+    """PNG: per-class accuracy (bars, classes sorted by train count) against train count (line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(-np.asarray(train_counts), kind="stable")
+    acc = np.asarray(per_class)[order]
+    counts = np.asarray(train_counts)[order]
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.bar(np.arange(len(acc)), acc, width=1.0, color="#4c72b0", label="test accuracy (%)")
+    ax.set_xlabel("class (sorted by training count)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax2 = ax.twinx()
+    ax2.plot(np.arange(len(counts)), counts, color="#dd8452", label="training images")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("training images (log)")
+    ax.set_title(title or "per-class accuracy vs training count")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,197 @@
+"""MaxNorm classifier re-training (Alshammari et al., "Long-Tailed Recognition via Weight
+Balancing", CVPR 2022 — second stage), as GLMC's authors point to for "GLMC + MaxNorm".
+
+Specification: METHODS.md §2.12 (reference procedure of LTR-weight-balancing):
+- start from a trained model; freeze everything except one classifier head (`head`,
+  default GLMC's `fc_cb`): its weight and bias are the only trainable parameters;
+- threshold computed once from the starting head: δ = min_c ‖w_c‖ + τ·(max_c ‖w_c‖ −
+  min_c ‖w_c‖), τ = `thresh`; the bias is unconstrained (threshold +∞);
+- class-balanced loss of Cui et al. (effective number, β = `cb_beta`); the reference's
+  "softmax" variant is a binary cross-entropy between softmax probabilities and the one-hot
+  label, weighted per sample by its class weight (`loss: cb_softmax_bce`); `cb_ce` is the
+  weighted softmax CE of Cui et al.'s paper;
+- PGD: every row with ‖w_c‖ > δ is rescaled to norm δ — once per epoch after its updates in
+  the reference code (`pgd_every: epoch`), after every SGD step as the paper words it (`step`).
+The optimiser recipe (SGD lr 0.01, wd 0.1, 10 epochs, cosine, B 64, instance sampling) lives
+in the run config (configs/glmc/*_maxnorm.yaml).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from fasttrain.augment import normalize_views
+from fasttrain.kernels.soft_ce import soft_target_cross_entropy
+from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec
+
+PGD_EVERY = ("epoch", "step")
+LOSSES = ("cb_softmax_bce", "cb_ce")
+BN_MODES = ("train", "eval")
+
+
+@dataclass
+class MaxNormConfig(MethodConfig):
+    name: str = "maxnorm"
+    # Method whose model structure to build when there is no previous stage (standalone run
+    # from a checkpoint via model.init_from), and that method's config keys (e.g. proj_dim).
+    base_method: str = "glmc"
+    base_config: dict = field(default_factory=dict)
+    head: str = "fc_cb"  # the Linear head to re-train (and to predict with)
+    thresh: float = 0.1  # τ of the per-layer max-norm threshold
+    pgd_every: str = "epoch"  # epoch (reference code) | step (paper wording)
+    loss: str = "cb_softmax_bce"  # cb_softmax_bce (reference code) | cb_ce
+    cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
+    # BN of the frozen backbone: train (reference: whole model in train mode, running stats
+    # keep updating and batch statistics are used) | eval (frozen statistics).
+    bn_mode: str = "train"
+
+    def validate(self) -> None:
+        if self.pgd_every not in PGD_EVERY:
+            raise ValueError(f"method.pgd_every: expected one of {list(PGD_EVERY)}, got {self.pgd_every!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"method.loss: expected one of {list(LOSSES)}, got {self.loss!r}")
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"method.bn_mode: expected one of {list(BN_MODES)}, got {self.bn_mode!r}")
+        if not 0.0 <= self.thresh <= 1.0:
+            raise ValueError(f"method.thresh: expected a value in [0, 1], got {self.thresh!r}")
+        if not 0.0 <= self.cb_beta < 1.0:
+            raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
+        from fasttrain.methods import METHODS  # late import: the registry imports this module
+
+        if self.base_method not in METHODS or self.base_method == "maxnorm":
+            choices = sorted(m for m in METHODS if m != "maxnorm")
+            raise ValueError(f"method.base_method: expected one of {choices}, got {self.base_method!r}")
+
+
+def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """Cui et al.: w_c = (1 − β) / (1 − β^{n_c}), normalised to sum to C; fp32."""
+    n = counts.double()
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.full_like(n, beta), n)).clamp_min(1e-12)
+    return (w / w.sum() * len(n)).float()
+
+
+def cb_softmax_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The reference's "softmax" CB loss: mean over B×C of w_{y_i}·BCE(softmax(z_i)_c, onehot_ic).
+
+    Written with log-softmax (autocast-safe, unlike F.binary_cross_entropy); the logs are
+    clamped at −100 like PyTorch's BCE, which is what the reference calls. log(1 − p) comes
+    from expm1 (accurate for p near 1) with 1 − p floored at 1e-38 (smallest normal fp32) so
+    a saturated softmax gives a finite loss and gradient instead of NaN.
+    """
+    z = logits.float()
+    logp = torch.log_softmax(z, dim=1)
+    log1mp = torch.log((-torch.expm1(logp)).clamp_min(1e-38)).clamp_min(-100.0)
+    logp = logp.clamp_min(-100.0)
+    onehot = torch.zeros_like(z).scatter_(1, labels[:, None], 1.0)
+    bce = -(onehot * logp + (1.0 - onehot) * log1mp)
+    return (bce * weights[labels][:, None]).mean()
+
+
+def maxnorm_threshold(weight: torch.Tensor, thresh: float) -> torch.Tensor:
+    """δ = min_c ‖w_c‖ + τ (max_c ‖w_c‖ − min_c ‖w_c‖) as a 0-dim fp32 tensor (no host sync)."""
+    norms = weight.detach().float().norm(dim=1)
+    lo, hi = norms.min(), norms.max()
+    return lo + thresh * (hi - lo)
+
+
+@torch.no_grad()
+def project_rows(weight: torch.Tensor, delta: torch.Tensor) -> None:
+    """PGD step: rows with ‖w_c‖ > δ are rescaled to norm δ, the others are left unchanged."""
+    norms = weight.float().norm(dim=1, keepdim=True)
+    scale = torch.where(norms > delta, delta / norms.clamp_min(1e-12), torch.ones_like(norms))
+    weight.mul_(scale.to(weight.dtype))
+
+
+class MaxNorm(Method):
+    name = "maxnorm"
+    config_class = MaxNormConfig
+    num_views = 1
+
+    def __init__(self, cfg: MaxNormConfig, ctx):
+        super().__init__(cfg, ctx)
+        self.weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
+        self.delta: torch.Tensor | None = None
+
+    def streams(self) -> list[StreamSpec]:
+        return [StreamSpec(sampler="instance")]
+
+    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
+        if previous is not None:
+            model = previous
+        else:  # standalone: the base method's structure, so its checkpoint loads strictly
+            from fasttrain.config import build_dataclass
+            from fasttrain.methods import METHODS
+
+            base_cls = METHODS[self.cfg.base_method]
+            base_cfg = build_dataclass(base_cls.config_class, dict(self.cfg.base_config), "method.base_config")
+            base_cfg.name = self.cfg.base_method
+            model = base_cls(base_cfg, self.ctx).build_model(backbone, None)
+        self._head(model)  # fail early on a wrong `head`
+        return model
+
+    def _head(self, model: nn.Module) -> nn.Linear:
+        head = getattr(model, self.cfg.head, None)
+        if not isinstance(head, nn.Linear):
+            heads = [n for n, m in model.named_children() if isinstance(m, nn.Linear)]
+            raise ValueError(f"method.head: model has no Linear head {self.cfg.head!r}; heads: {heads}")
+        return head
+
+    def prepare(self, model: nn.Module) -> None:
+        head = self._head(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        head.weight.requires_grad_(True)
+        if head.bias is not None:
+            head.bias.requires_grad_(True)
+        # Computed once from the starting classifier (the reference code's behaviour).
+        self.delta = maxnorm_threshold(head.weight, self.cfg.thresh)
+
+    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        head = self._head(model)
+        return [p for p in (head.weight, head.bias) if p is not None]
+
+    def _logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # frozen backbone: no graph (train-mode BN still updates stats)
+            h = model.backbone(x)
+        return self._head(model)(h)
+
+    def loss(self, model, batch, progress: Progress):
+        if self.cfg.bn_mode == "eval":
+            model.backbone.eval()  # the trainer puts the whole model in train mode per epoch
+        (x,) = normalize_views(batch, self.ctx.mean, self.ctx.std, self.ctx.compute_dtype, self.ctx.mix_impl)
+        logits = self._logits(model, x)
+        if self.cfg.loss == "cb_softmax_bce":
+            loss = cb_softmax_bce(logits, batch.labels, self.weights)
+        else:
+            loss = soft_target_cross_entropy(logits, y_a=batch.labels, class_weights=self.weights,
+                                             impl=self.ctx.loss_impl)
+        return loss, {"loss": loss.detach()}
+
+    def _project(self, model: nn.Module) -> None:
+        if self.delta is None:
+            raise RuntimeError("method maxnorm: prepare(model) must run before training")
+        project_rows(self._head(model).weight, self.delta)
+
+    def after_step(self, model: nn.Module, progress: Progress) -> None:
+        if self.cfg.pgd_every == "step":
+            self._project(model)
+
+    def after_epoch(self, model: nn.Module, progress: Progress) -> None:
+        if self.cfg.pgd_every == "epoch":
+            self._project(model)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self._head(model)(model.backbone(x))
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["delta"] = self.delta
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state.get("delta") is not None:
+            self.delta = state["delta"].to(self.ctx.device)

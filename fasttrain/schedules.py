@@ -1,0 +1,50 @@
+"""Learning-rate schedules as a multiplier of the base lr, a function of the (fractional) epoch.
+
+`epoch` is 0-indexed; with `per_step` the trainer passes epoch + step/steps_per_epoch.
+- constant
+- cosine:           ½(1 + cos(π e / E)) (CIFAR recipes: CosineAnnealingLR stepped per epoch)
+- warmup_cosine:    linear warm-up (e+1)/W for e < W, then cosine over the remaining epochs
+                    (PaCo's intended schedule; GLMC's `imagenet_lr_schedule: warmup_cosine`)
+- multistep:        γ^(number of milestones m with e >= m)
+- warmup_multistep: (e+1)/W for e < W, then multistep (LDAM-DRW / FBL recipes)
+- code_offbyone:    GLMC's ImageNet-LT/iNat schedule exactly as its code runs it (METHODS.md
+                    §2.9): epoch 0 at lr0, epochs 1..11 at e/10·lr0 (1.1·lr0 at epoch 11), then
+                    ½(1 + cos(π (e − 10) / (E − 9))).
+`min_lr` is a floor in absolute units applied as lr = min_lr + (lr0 − min_lr)·factor for the
+cosine family.
+"""
+from __future__ import annotations
+
+import math
+
+
+def lr_factor(name: str, epoch: float, epochs: int, warmup: int = 0, milestones=(), gamma: float = 0.1) -> float:
+    e = epoch
+    if name == "constant":
+        return 1.0
+    if name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * e / epochs))
+    if name == "warmup_cosine":
+        if e < warmup:
+            return min(1.0, (e + 1) / warmup)
+        return 0.5 * (1 + math.cos(math.pi * (e - warmup) / max(epochs - warmup, 1)))
+    if name in ("multistep", "warmup_multistep"):
+        if name == "warmup_multistep" and e < warmup:
+            return min(1.0, (e + 1) / warmup)
+        return gamma ** sum(1 for m in milestones if e >= m)
+    if name == "code_offbyone":
+        k = math.floor(e)
+        if k == 0:
+            return 1.0
+        if k <= 11:
+            return k / 10
+        return 0.5 * (1 + math.cos(math.pi * (k - 10) / (epochs - 9)))
+    raise ValueError(f"schedule.name: unknown schedule {name!r}")
+
+
+def learning_rate(cfg_schedule, base_lr: float, epoch: float, epochs: int) -> float:
+    f = lr_factor(cfg_schedule.name, epoch, epochs, cfg_schedule.warmup_epochs, cfg_schedule.milestones,
+                  cfg_schedule.gamma)
+    if cfg_schedule.name in ("cosine", "warmup_cosine"):
+        return cfg_schedule.min_lr + (base_lr - cfg_schedule.min_lr) * f
+    return base_lr * f

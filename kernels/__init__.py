@@ -1,0 +1,1 @@
+"""Fused kernels (installed as `fasttrain.kernels`): each beside its pure-torch reference."""

@@ -1,0 +1,143 @@
+"""Dispatch between the fused Triton kernel and the pure-torch reference.
+
+Inputs are uint8 images, so there is nothing to differentiate: these are plain functions
+rather than `torch.autograd.Function`s (the outputs are leaves of the training graph).
+`impl="auto"` picks Triton for CUDA tensors (or under TRITON_INTERPRET=1 when asked for
+explicitly) and the reference everywhere else.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+
+from fasttrain.loaders.base import Geometry
+
+from . import reference
+
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+BLOCK = 1024
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(impl: str, device: torch.device) -> bool:
+    if impl == "torch":
+        return False
+    if impl == "triton":
+        if not triton_available():
+            raise RuntimeError("loader.mix_impl=triton: triton is not installed (pip install triton)")
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError("loader.mix_impl=triton needs CUDA tensors (or TRITON_INTERPRET=1 on CPU); "
+                               "use mix_impl=auto or torch")
+        return True
+    if impl == "auto":
+        return device.type == "cuda" and triton_available()
+    raise ValueError(f"loader.mix_impl: expected auto | triton | torch, got {impl!r}")
+
+
+def _nhwc(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Physically-NHWC view of a (N,3,H,W) uint8 tensor; free for channels_last inputs."""
+    reference.check_images(x, name)
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _geometry_args(geo: Geometry | None, n: int, device: torch.device, dummy: torch.Tensor):
+    if geo is None:
+        return dummy, dummy, 0, False
+    if geo.offsets.shape != (n, 2) or geo.flip.shape != (n,):
+        raise ValueError(f"geometry for {n} source rows expected, got offsets {tuple(geo.offsets.shape)} "
+                         f"flip {tuple(geo.flip.shape)}")
+    offsets = geo.offsets.to(device=device, dtype=torch.int32).contiguous()
+    flip = geo.flip.to(device=device)
+    flip = (flip.view(torch.uint8) if flip.dtype == torch.bool else flip.to(torch.uint8)).contiguous()
+    return offsets, flip, int(geo.padding), True
+
+
+def _launch(views: list[tuple[torch.Tensor, Geometry | None, int]], idx_a, idx_b, lam: float,
+            box: tuple[int, int, int, int], mean, std, dtype: torch.dtype, m: int) -> list[torch.Tensor]:
+    import triton
+
+    from .triton_kernel import mix_kernel
+
+    src0 = views[0][0]
+    n, h, w = src0.shape[0], src0.shape[2], src0.shape[3]
+    dev = src0.device
+    scale, shift = reference.norm_coefficients(mean, std)  # host fp32 -> exact kernel scalars
+    sc, sh = [float(v) for v in scale], [float(v) for v in shift]
+    dummy = torch.zeros(1, dtype=torch.int32, device=dev)
+    args, outs, modes, has_geo = [], [], [], []
+    for x, geo, mode in views:
+        if x.shape[0] != n or x.shape[2:] != src0.shape[2:]:
+            raise ValueError(f"views differ in shape: {tuple(x.shape)} vs {tuple(src0.shape)}")
+        out = torch.empty((m, h, w, 3), dtype=dtype, device=dev)
+        off, flip, pad, g = _geometry_args(geo, n, dev, dummy)
+        args += [out, _nhwc(x, "view"), off, flip, pad]
+        outs.append(out)
+        modes.append(mode)
+        has_geo.append(g)
+    if len(views) == 1:  # second slot unused (grid has one view)
+        args += args[:5]
+        modes.append(modes[0])
+        has_geo.append(has_geo[0])
+    gather = idx_a is not None
+    ia = idx_a.to(device=dev, dtype=torch.int64).contiguous() if gather else dummy
+    ib = idx_b.to(device=dev, dtype=torch.int64).contiguous() if idx_b is not None else dummy
+    y0, y1, x0, x1 = (int(v) for v in box)
+    grid = (m, triton.cdiv(h * w * 3, BLOCK), len(views))
+    mix_kernel[grid](*args, ia, ib, float(lam), float(1.0 - lam), y0, y1, x0, x1,
+                     sc[0], sc[1], sc[2], sh[0], sh[1], sh[2],
+                     H=h, W=w, MODE0=modes[0], MODE1=modes[1], HAS_GEO0=has_geo[0],
+                     HAS_GEO1=has_geo[1], GATHER=gather, BLOCK=BLOCK)
+    return [o.permute(0, 3, 1, 2) for o in outs]  # channels_last (M, 3, H, W)
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"output dtype must be one of {OUT_DTYPES}, got {dtype}")
+
+
+def fused_normalize(x: torch.Tensor, geo: Geometry | None, mean: Sequence[float], std: Sequence[float],
+                    dtype: torch.dtype = torch.float32, impl: str = "auto") -> torch.Tensor:
+    """Geometry + normalise one uint8 view -> channels_last `dtype`."""
+    _check_dtype(dtype)
+    reference.check_images(x, "view")
+    if not use_triton(impl, x.device):
+        return reference.normalize_reference(x, geo, mean, std, dtype).contiguous(
+            memory_format=torch.channels_last)
+    from .triton_kernel import MODE_PLAIN
+    return _launch([(x, geo, MODE_PLAIN)], None, None, 1.0, (0, 0, 0, 0), mean, std, dtype, x.shape[0])[0]
+
+
+def fused_mix(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geometry | None,
+              geo_cut: Geometry | None, idx_a: torch.Tensor, idx_b: torch.Tensor, lam: float,
+              box: tuple[int, int, int, int], mean: Sequence[float], std: Sequence[float],
+              dtype: torch.dtype = torch.float32, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp of view_mix and CutMix of view_cut over pairs (idx_a, idx_b); see augment.mixup_cutmix."""
+    _check_dtype(dtype)
+    reference.check_images(view_mix, "view_mix")
+    reference.check_images(view_cut, "view_cut")
+    if idx_a.shape != idx_b.shape or idx_a.dim() != 1:
+        raise ValueError(f"idx_a/idx_b must be 1-D of equal length, got {tuple(idx_a.shape)} {tuple(idx_b.shape)}")
+    if not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    if view_mix.shape != view_cut.shape:
+        raise ValueError(f"view_mix {tuple(view_mix.shape)} and view_cut {tuple(view_cut.shape)} differ")
+    if not use_triton(impl, view_mix.device):
+        return reference.mixup_cutmix_reference(view_mix, view_cut, geo_mix, geo_cut, idx_a, idx_b,
+                                                lam, box, mean, std, dtype)
+    from .triton_kernel import MODE_CUTMIX, MODE_MIXUP
+    mixup, cutmix = _launch([(view_mix, geo_mix, MODE_MIXUP), (view_cut, geo_cut, MODE_CUTMIX)],
+                            idx_a, idx_b, lam, box, mean, std, dtype, idx_a.shape[0])
+    return mixup, cutmix

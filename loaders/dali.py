@@ -1,0 +1,620 @@
+"""DALI loader backend: JPEG decode on the GPU ("mixed") or CPU, in exactly our sampler's order.
+
+Design (why it looks like this):
+
+- **Order.** File bytes enter the pipeline through `fn.external_source`, one batch per step, in
+  the order `Sampler.order(epoch)` gives (already sharded by rank / world size). Several
+  samplers are streams: rows are stream-major in one batch, the first sampler defines the
+  epoch length, the others are truncated to it. `samplers=None` means sequential eval order.
+- **Randomness on the host.** Crop windows (torchvision's RandomResizedCrop algorithm, exactly:
+  10 tries of area ~ U(scale), log-ratio ~ U(log ratio), then the clamped centre fallback),
+  flips, jitter factors, grayscale and blur sigmas are drawn with numpy from a generator keyed
+  by (seed, epoch, step) and fed to DALI as per-sample arguments. So an epoch is reproducible
+  without rebuilding the pipeline (a DALI pipeline's seed is fixed when it is built), it does
+  not depend on thread counts, and a run resumed mid-epoch sees the same crops. This needs the
+  image size, read from the JPEG header on the host while the bytes are validated.
+- **Decode once.** With several views the image is decoded once and every view is one
+  `fn.resize` with its own ROI (crop + resize in one pass). With one view the decoder itself
+  crops (`fn.decoders.image_slice`, ROI decoding: only the crop is produced), which is cheaper.
+- **Bytes are read by a reader thread** (file reads release the GIL) that keeps
+  `dali_prefetch + 1` batches ready; DALI's process-based parallel external source was not
+  used: the callback only reads files, and extra processes compete with DALI's own threads.
+- **Output**: uint8 (B,3,H,W) channels_last on the training device (the `Batch` contract), or
+  normalised float32 channels_last (`Batch.normalized=True`) when `dali_normalize` is on and the
+  loader has one view (no mixing then needs the uint8 crops).
+- **Bad files.** Missing, truncated (no EOI marker) or unparsable files are caught on the host
+  before DALI sees them; a decode failure inside DALI is mapped back to the file(s) of the
+  in-flight batches by re-decoding them one by one. The error names the file; with
+  `loader.skip_corrupt` such files are dropped from their batch and counted instead.
+
+Optional LoaderConfig fields read here (with these defaults when absent):
+`dali_normalize` (False), `dali_roi_decode` (True), `dali_antialias` (True),
+`dali_reader_thread` (True), plus the existing `dali_threads`, `dali_prefetch`, `skip_corrupt`,
+`drop_last`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fasttrain.data.index import DatasetError, LTDataset
+from fasttrain.loaders.base import Batch, LoaderBackend, batch_slices, steps_per_epoch
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "DALI is not installed: pip install fasttrain[dali]  (nvidia-dali-cuda130)"
+_NO_BLUR_SIGMA = 1e-3  # DALI rejects sigma 0; with this sigma the 23-tap kernel is the identity
+_BLUR_WINDOW = 23  # same kernel size as the torch backend's v2.GaussianBlur(23, (0.1, 2.0))
+
+
+def dali_available() -> tuple[bool, str]:
+    """(usable, one-line description) for `fasttrain info`."""
+    try:
+        import nvidia.dali as dali
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return False, f"{INSTALL_HINT} ({type(exc).__name__}: {exc})"
+    gpu = "GPU decode available" if torch.cuda.is_available() else "CPU only (no CUDA device)"
+    return True, f"nvidia-dali {dali.__version__}; {gpu}"
+
+
+def _import_dali():
+    try:
+        import nvidia.dali as dali  # noqa: F401
+        import nvidia.dali.fn as fn
+        import nvidia.dali.types as types
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+    except ImportError as exc:
+        raise ImportError(f"loader.backend=dali: {INSTALL_HINT}") from exc
+    return dali, fn, types, feed_ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side byte validation and image size
+# ----------------------------------------------------------------------------------------------
+
+
+class CorruptImage(ValueError):
+    """A file that cannot be decoded (message says why)."""
+
+
+# SOF markers that carry the frame size (baseline, extended, progressive, lossless, ...).
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(data: np.ndarray | bytes) -> tuple[int, int]:
+    """(height, width) from a JPEG or PNG header; CorruptImage when the bytes cannot be an image.
+
+    A cheap check, not a decode: JPEG needs the SOI marker, a frame header and an EOI marker in
+    the last bytes (catches truncated downloads); PNG needs its signature and IHDR.
+    """
+    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    if len(buf) < 4:
+        raise CorruptImage(f"only {len(buf)} bytes")
+    if buf[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(buf) < 24 or buf[12:16] != b"IHDR":
+            raise CorruptImage("PNG without IHDR")
+        w, h = struct.unpack(">II", buf[16:24])
+        return h, w
+    if buf[:2] != b"\xff\xd8":
+        raise CorruptImage("not a JPEG (no SOI marker)")
+    # EOI must end the stream; some encoders append a few padding bytes after it.
+    if buf.rfind(b"\xff\xd9", max(0, len(buf) - 64)) < 0:
+        raise CorruptImage("truncated JPEG (no EOI marker at the end)")
+    pos = 2
+    n = len(buf)
+    while pos + 4 <= n:
+        if buf[pos] != 0xFF:
+            raise CorruptImage(f"bad JPEG marker at byte {pos}")
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", buf[pos + 2:pos + 4])
+        if marker in _SOF:
+            if pos + 9 > n:
+                break
+            h, w = struct.unpack(">HH", buf[pos + 5:pos + 9])
+            if h == 0 or w == 0:
+                raise CorruptImage(f"JPEG frame size {w}x{h}")
+            return h, w
+        if marker == 0xDA or length < 2:  # scan data before any frame header
+            break
+        pos += 2 + length
+    raise CorruptImage("JPEG without a frame header (SOF)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side augmentation parameters (torchvision semantics)
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_rrc(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray,
+               scale: tuple[float, float], ratio: tuple[float, float],
+               attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision RandomResizedCrop.get_params, vectorised: (anchor [y, x], shape [h, w]) float32."""
+    h = heights.astype(np.float64)[:, None]
+    w = widths.astype(np.float64)[:, None]
+    n = len(heights)
+    area = h * w
+    target = area * rng.uniform(scale[0], scale[1], (n, attempts))
+    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, attempts)))
+    cw = np.round(np.sqrt(target * aspect))
+    ch = np.round(np.sqrt(target / aspect))
+    ok = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
+    u_top, u_left = rng.random((n, attempts)), rng.random((n, attempts))
+    first = ok.argmax(axis=1)
+    rows = np.arange(n)
+    ch, cw = ch[rows, first], cw[rows, first]
+    top = np.floor(u_top[rows, first] * (heights - ch + 1))
+    left = np.floor(u_left[rows, first] * (widths - cw + 1))
+    # Fallback (no try fitted): centre crop with the ratio clamped into `ratio`.
+    miss = ~ok.any(axis=1)
+    if miss.any():
+        hh, ww = heights[miss].astype(np.float64), widths[miss].astype(np.float64)
+        in_ratio = ww / hh
+        fw = np.where(in_ratio < min(ratio), ww, np.where(in_ratio > max(ratio), np.round(hh * max(ratio)), ww))
+        fh = np.where(in_ratio < min(ratio), np.round(ww / min(ratio)), hh)
+        ch[miss], cw[miss] = fh, fw
+        top[miss] = np.floor((hh - fh) / 2 + 0.5)  # int(round(...)) as torchvision
+        left[miss] = np.floor((ww - fw) / 2 + 0.5)
+    anchor = np.stack([top, left], 1).astype(np.float32)
+    shape = np.stack([ch, cw], 1).astype(np.float32)
+    return anchor, shape
+
+
+def eval_roi(heights: np.ndarray, widths: np.ndarray, resize: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """ROI in the original image equal to Resize(resize) -> CenterCrop(crop) (torchvision v2 sizes).
+
+    Resampling that ROI straight to crop x crop samples the same source positions as resizing
+    the whole image and cropping afterwards, but only computes the kept pixels.
+    """
+    short = np.minimum(heights, widths)
+    long_ = np.maximum(heights, widths)
+    new_long = np.floor(resize * long_ / short)  # int(size * long / short)
+    new_h = np.where(heights <= widths, resize, new_long).astype(np.float64)
+    new_w = np.where(heights <= widths, new_long, resize).astype(np.float64)
+    top = np.floor((new_h - crop) / 2 + 0.5)
+    left = np.floor((new_w - crop) / 2 + 0.5)
+    sy, sx = heights / new_h, widths / new_w
+    anchor = np.stack([top * sy, left * sx], 1).astype(np.float32)
+    shape = np.stack([np.full_like(sy, crop) * sy, np.full_like(sx, crop) * sx], 1).astype(np.float32)
+    return anchor, shape
+
+
+@dataclass
+class _ViewParams:
+    anchor: np.ndarray  # (n, 2) float32 [y, x]
+    shape: np.ndarray  # (n, 2) float32 [h, w]
+    flip: np.ndarray  # (n,) int32
+    brightness: np.ndarray | None = None  # (n,) float32
+    contrast: np.ndarray | None = None
+    saturation: np.ndarray | None = None  # 0 where grayscale was drawn
+    sigma: np.ndarray | None = None
+
+    def take(self, keep: np.ndarray) -> "_ViewParams":
+        return _ViewParams(*(None if v is None else v[keep] for v in
+                             (self.anchor, self.shape, self.flip, self.brightness, self.contrast,
+                              self.saturation, self.sigma)))
+
+
+@dataclass
+class _Step:
+    """One batch prepared on the host: bytes, per-view parameters, labels (stream-major rows)."""
+
+    step: int
+    jpegs: list[np.ndarray]
+    views: list[_ViewParams]
+    index: np.ndarray
+    labels: np.ndarray
+    stream: np.ndarray
+    paths: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# The backend
+# ----------------------------------------------------------------------------------------------
+
+
+def _opt(loader, name: str, default):
+    return getattr(loader, name, default) if loader is not None else default
+
+
+class _EpochSource:
+    """The external_source callback: hands DALI the prepared steps of one epoch, in order."""
+
+    def __init__(self, num_views: int, fields: list[str]):
+        self.num_views = num_views
+        self.fields = fields
+        # Returns the next prepared step, None at the end of the epoch, or an exception to raise.
+        self.next_item = lambda: None
+        self.in_flight: deque[_Step] = deque()
+
+    def __call__(self):
+        item = self.next_item()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        self.in_flight.append(item)
+        out = [item.jpegs]
+        for vp in item.views:
+            for name in self.fields:
+                arr = getattr(vp, name)
+                out.append(list(arr))  # one array per sample
+        return tuple(out)
+
+
+class DaliLoader(LoaderBackend):
+    def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
+                 augment, loader, train: bool, seed: int = 0):
+        self.dali, self.fn, self.types, self._feed_ndarray = _import_dali()
+        if dataset.paths is None:
+            raise ValueError(f"loader.backend=dali reads image files, but dataset {dataset.name!r} is held "
+                             "in memory; use loader.backend=tensor (CIFAR) or torch")
+        if train and augment.train == "cifar":
+            raise ValueError("augment.train=cifar (pad-crop) is for in-memory 32x32 datasets; the dali "
+                             "backend supports augment.train=imagenet or none")
+        self.dataset = dataset
+        self.samplers = list(samplers) if samplers else []
+        self.num_streams = max(1, len(self.samplers))
+        if batch_size % self.num_streams:
+            raise ValueError(f"loader.batch_size {batch_size} must be divisible by the {self.num_streams} streams")
+        self.batch_size = batch_size
+        self.stream_batch = batch_size // self.num_streams
+        self.num_views = num_views
+        self.device = torch.device(device)
+        self.augment = augment
+        self.train = train
+        self.random_crop = train and augment.train == "imagenet"
+        self.seed = seed
+        self.drop_last = bool(_opt(loader, "drop_last", False)) if train else False
+        self.threads = int(_opt(loader, "dali_threads", 4))
+        self.prefetch = max(1, int(_opt(loader, "dali_prefetch", 2)))
+        self.skip_corrupt = bool(_opt(loader, "skip_corrupt", False))
+        self.normalize = bool(_opt(loader, "dali_normalize", False)) and num_views == 1
+        self.roi_decode = bool(_opt(loader, "dali_roi_decode", True)) and num_views == 1 and self.random_crop
+        self.antialias = bool(_opt(loader, "dali_antialias", True))
+        self.reader_thread = bool(_opt(loader, "dali_reader_thread", True))
+        self.mean = tuple(augment.mean) if augment.mean is not None else tuple(dataset.mean)
+        self.std = tuple(augment.std) if augment.std is not None else tuple(dataset.std)
+        self.jitter = augment.color_jitter if self.random_crop else 0.0
+        self.gray_p = augment.grayscale_p if self.random_crop else 0.0
+        self.blur_p = augment.blur_p if self.random_crop else 0.0
+        self.flip = bool(augment.flip) and self.random_crop
+        self.crop = int(augment.crop_size)
+        self.skipped: list[str] = []  # unreadable files found so far (skip_corrupt=True)
+        self.skipped_rows = 0  # batch rows dropped because their file was unreadable
+        self._bad: set[int] = set()  # dataset indices known to be unreadable
+        self._sizes: dict[int, tuple[int, int]] = {}  # header size cache (dataset index -> (h, w))
+        self.epoch = 0
+        self.position = 0
+        self._orders: list[torch.Tensor] = []
+        self._pipe = None
+        fields = ["anchor", "shape", "flip"]
+        if self.jitter > 0 or self.gray_p > 0:
+            fields += ["brightness", "contrast", "saturation"]
+        if self.blur_p > 0:
+            fields.append("sigma")
+        self._fields = fields
+        self._source = _EpochSource(num_views, fields)
+        self.set_epoch(0)
+
+    # --- pipeline --------------------------------------------------------------------------
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _build_pipeline(self):
+        fn, types = self.fn, self.types
+        device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
+            if self._cuda else None
+        op_dev = "gpu" if self._cuda else "cpu"
+        dec_dev = "mixed" if self._cuda else "cpu"
+        pipe = self.dali.Pipeline(batch_size=self.batch_size, num_threads=self.threads, device_id=device_id,
+                                  prefetch_queue_depth=self.prefetch, seed=self.seed & 0x7FFF_FFFF)
+        n_in = 1 + len(self._fields) * self.num_views
+        crop = [self.crop, self.crop]
+        with pipe:
+            ins = fn.external_source(source=self._source, num_outputs=n_in, batch=True)
+            jpegs, rest = ins[0], ins[1:]
+            k = len(self._fields)
+            decoded = None
+            outs = []
+            for v in range(self.num_views):
+                p = dict(zip(self._fields, rest[v * k:(v + 1) * k]))
+                if self.roi_decode:
+                    # Decoder crops: only the RRC window is decoded (one view only).
+                    img = fn.decoders.image_slice(jpegs, p["anchor"], p["shape"], device=dec_dev,
+                                                  output_type=types.RGB, axis_names="HW",
+                                                  normalized_anchor=False, normalized_shape=False)
+                    img = fn.resize(img, size=crop, antialias=self.antialias,
+                                    interp_type=types.INTERP_LINEAR)
+                else:
+                    if decoded is None:  # decode ONCE, every view resamples its own ROI
+                        decoded = fn.decoders.image(jpegs, device=dec_dev, output_type=types.RGB)
+                    img = fn.resize(decoded, size=crop, roi_start=p["anchor"], roi_end=p["anchor"] + p["shape"],
+                                    roi_relative=False, antialias=self.antialias,
+                                    interp_type=types.INTERP_LINEAR)
+                if "brightness" in p:
+                    img = fn.color_twist(img, brightness=p["brightness"], contrast=p["contrast"],
+                                         saturation=p["saturation"], device=op_dev)
+                if "sigma" in p:
+                    img = fn.gaussian_blur(img, sigma=p["sigma"], window_size=_BLUR_WINDOW, device=op_dev)
+                if self.normalize:
+                    img = fn.crop_mirror_normalize(img, mirror=p["flip"], dtype=types.FLOAT, output_layout="HWC",
+                                                   mean=[255.0 * m for m in self.mean],
+                                                   std=[255.0 * s for s in self.std], device=op_dev)
+                elif self.flip:
+                    img = fn.flip(img, horizontal=p["flip"], device=op_dev)
+                outs.append(img)
+            pipe.set_outputs(*outs)
+        pipe.build()
+        return pipe
+
+    # --- epochs ----------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.position = 0
+        self.epoch = epoch
+        if self.samplers:
+            for s in self.samplers:
+                s.set_epoch(epoch)
+            self._orders = [s.order(epoch) for s in self.samplers]
+        else:
+            self._orders = [torch.arange(len(self.dataset))]
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self._orders[0]), self.stream_batch, self.drop_last)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "skipped": list(self.skipped),
+                "skipped_rows": self.skipped_rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.set_epoch(state["epoch"])
+        self.position = state["position"]
+        self.skipped = list(state.get("skipped", []))
+        self.skipped_rows = int(state.get("skipped_rows", 0))
+        paths = {p: i for i, p in enumerate(self.dataset.paths)}
+        self._bad = {paths[p] for p in self.skipped if p in paths}
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped)
+
+    # --- host side: one step ---------------------------------------------------------------
+    def _read(self, idx: int) -> tuple[np.ndarray | None, tuple[int, int]]:
+        path = self.dataset.paths[idx]
+        if idx in self._bad:
+            self.skipped_rows += 1
+            return None, (0, 0)
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError as exc:
+            return self._bad_file(idx, f"cannot read ({exc.strerror or exc})")
+        try:
+            size = image_size(data)
+        except CorruptImage as exc:
+            return self._bad_file(idx, str(exc))
+        return data, size
+
+    def _bad_file(self, idx: int, why: str):
+        self._mark_bad(idx, why)
+        self.skipped_rows += 1
+        return None, (0, 0)
+
+    def _mark_bad(self, idx: int, why: str) -> None:
+        path = self.dataset.paths[idx]
+        if not self.skip_corrupt:
+            raise DatasetError(f"{path}: {why} (set loader.skip_corrupt=true to skip and count such files)")
+        if idx not in self._bad:
+            self._bad.add(idx)
+            self.skipped.append(path)
+            log.warning("skipping unreadable image %s: %s", path, why)
+
+    def _params(self, rng: np.random.Generator, h: np.ndarray, w: np.ndarray) -> _ViewParams:
+        n = len(h)
+        if self.random_crop:
+            anchor, shape = sample_rrc(rng, h, w, tuple(self.augment.rrc_scale), tuple(self.augment.rrc_ratio))
+        else:
+            anchor, shape = eval_roi(h, w, int(self.augment.eval_resize), self.crop)
+        flip = (rng.random(n) < 0.5).astype(np.int32) if self.flip else np.zeros(n, np.int32)
+        vp = _ViewParams(anchor, shape, flip)
+        if "brightness" in self._fields:
+            j = self.jitter
+            on = rng.random(n) < self.augment.color_jitter_p if j > 0 else np.zeros(n, bool)
+            lo = max(0.0, 1.0 - j)
+            factors = rng.uniform(lo, 1.0 + j, (3, n))
+            b, c, s = (np.where(on, f, 1.0) for f in factors)
+            gray = rng.random(n) < self.gray_p
+            vp.brightness, vp.contrast = b.astype(np.float32), c.astype(np.float32)
+            vp.saturation = np.where(gray, 0.0, s).astype(np.float32)
+        if "sigma" in self._fields:
+            blur = rng.random(n) < self.blur_p
+            vp.sigma = np.where(blur, rng.uniform(0.1, 2.0, n), _NO_BLUR_SIGMA).astype(np.float32)
+        return vp
+
+    def _prepare(self, step: int, sl: slice) -> _Step | None:
+        n = sl.stop - sl.start
+        idx = np.concatenate([o[sl.start:sl.start + n].numpy() for o in self._orders])
+        stream = np.repeat(np.arange(len(self._orders)), [min(n, max(0, len(o) - sl.start)) for o in self._orders])
+        datas, sizes = [], []
+        for i in idx:
+            d, hw = self._read(int(i))
+            datas.append(d)
+            sizes.append(hw)
+        h = np.array([s[0] for s in sizes], np.int64)
+        w = np.array([s[1] for s in sizes], np.int64)
+        # Parameters are drawn for every row (bad ones get a dummy size) so that skipping a
+        # file never changes the crops of the other rows.
+        ok = np.array([d is not None for d in datas])
+        h[~ok], w[~ok] = 1, 1
+        rng = np.random.default_rng([self.seed & 0xFFFF_FFFF, self.epoch, step, 0x0DA11])
+        views = [self._params(rng, h, w) for _ in range(self.num_views)]
+        if not ok.all():
+            keep = np.nonzero(ok)[0]
+            views = [vp.take(keep) for vp in views]
+            idx, stream = idx[keep], stream[keep]
+            datas = [datas[i] for i in keep]
+        if len(idx) == 0:
+            return None
+        labels = self.dataset.labels[idx]
+        return _Step(step, datas, views, idx.astype(np.int64), labels.astype(np.int64), stream.astype(np.int64),
+                     [self.dataset.paths[i] for i in idx])
+
+    def _producer(self, steps: list[tuple[int, slice]], out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            for step, sl in steps:
+                if stop.is_set():
+                    return
+                item = self._prepare(step, sl)
+                if item is not None:
+                    out.put(item)
+            out.put(None)
+        except BaseException as exc:  # handed to the consumer, raised in the training thread
+            out.put(exc)
+
+    # --- failure mapping -------------------------------------------------------------------
+    def _probe_pipeline(self):
+        fn, types = self.fn, self.types
+        pipe = self.dali.Pipeline(batch_size=1, num_threads=1, device_id=None)
+        with pipe:
+            x = fn.external_source(name="probe", batch=True)
+            pipe.set_outputs(fn.decoders.image(x, device="cpu", output_type=types.RGB))
+        pipe.build()
+        return pipe
+
+    def _find_undecodable(self, steps: list[_Step]) -> list[tuple[int, str]]:
+        """Re-decode the files of the given steps one by one; (dataset index, path) that fail."""
+        bad = []
+        pipe = self._probe_pipeline()
+        for st in steps:
+            for data, i, path in zip(st.jpegs, st.index, st.paths):
+                try:
+                    pipe.feed_input("probe", [data])
+                    pipe.run()
+                except Exception:
+                    bad.append((int(i), path))
+                    pipe = self._probe_pipeline()  # a failed DALI pipeline cannot be reused
+        return bad
+
+    # --- iteration -------------------------------------------------------------------------
+    def __iter__(self):
+        slices = batch_slices(len(self._orders[0]), self.stream_batch, self.drop_last)
+        start = self.position
+        while True:
+            try:
+                yield from self._run_epoch(slices, start)
+                break
+            except _RestartFrom as restart:
+                start = restart.step
+        self.position = 0
+
+    def _run_epoch(self, slices: list[slice], start: int):
+        todo = [(s, sl) for s, sl in enumerate(slices) if s >= start]
+        if not todo:
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch + 1)
+        stop = threading.Event()
+        worker = None
+        if self.reader_thread:
+            worker = threading.Thread(target=self._producer, args=(todo, q, stop), daemon=True,
+                                      name="fasttrain-dali-reader")
+            worker.start()
+            self._source.next_item = q.get
+        else:  # read in the calling thread when DALI asks for the batch
+            self._source.next_item = _inline_steps(self, todo)
+        if self._pipe is None:
+            self._pipe = self._build_pipeline()
+        self._source.in_flight.clear()
+        try:
+            while True:
+                try:
+                    outs = self._pipe.run()
+                except StopIteration:
+                    self._pipe.reset()
+                    return
+                except (DatasetError, _RestartFrom):
+                    self._pipe = None
+                    raise
+                except RuntimeError as exc:
+                    self._pipe = None  # DALI invalidates a pipeline after an operator error
+                    self._handle_failure(exc)
+                st = self._source.in_flight.popleft()
+                yield self._to_batch(outs, st)
+                self.position = st.step + 1
+        finally:
+            stop.set()
+            if worker is not None:
+                while worker.is_alive():  # unblock a producer waiting on a full queue
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        worker.join(timeout=0.05)
+
+    def _handle_failure(self, exc: RuntimeError):
+        pending = list(self._source.in_flight)
+        bad = self._find_undecodable(pending)
+        if not bad:
+            raise RuntimeError(f"DALI pipeline failed on a batch of files {pending[0].paths[:3] if pending else []}"
+                               f"...: {exc}") from exc
+        if not self.skip_corrupt:
+            names = ", ".join(p for _, p in bad)
+            raise DatasetError(f"{names}: cannot be decoded by DALI (set loader.skip_corrupt=true to skip "
+                               f"and count such files)") from None
+        for i, path in bad:
+            self._mark_bad(i, "cannot be decoded by DALI")
+        raise _RestartFrom(pending[0].step)
+
+    def _to_batch(self, outs, st: _Step) -> Batch:
+        n = len(st.index)
+        dtype = torch.float32 if self.normalize else torch.uint8
+        stream_ptr = torch.cuda.current_stream(self.device) if self._cuda else None
+        views = []
+        for tl in outs:
+            out = torch.empty((n, self.crop, self.crop, 3), dtype=dtype, device=self.device)
+            self._feed_ndarray(tl.as_tensor(), out, cuda_stream=stream_ptr)
+            views.append(out.permute(0, 3, 1, 2))  # (B,3,H,W) view of NHWC memory = channels_last
+        nb = self._cuda
+        labels = torch.from_numpy(st.labels)
+        index = torch.from_numpy(st.index)
+        stream = torch.from_numpy(st.stream)
+        if nb:
+            labels, index, stream = labels.pin_memory(), index.pin_memory(), stream.pin_memory()
+        return Batch(views=views, labels=labels.to(self.device, non_blocking=nb),
+                     stream=stream.to(self.device, non_blocking=nb), num_streams=self.num_streams,
+                     geometry=[None] * len(views), index=index.to(self.device, non_blocking=nb),
+                     normalized=self.normalize)
+
+
+def _inline_steps(loader: DaliLoader, todo: list[tuple[int, slice]]):
+    """next_item for reading in the calling thread: prepares each step when DALI asks for it."""
+    it = iter(todo)
+
+    def next_item():
+        for step, sl in it:
+            item = loader._prepare(step, sl)
+            if item is not None:
+                return item
+        return None
+
+    return next_item
+
+
+class _RestartFrom(Exception):
+    """Internal: a skipped file invalidated the pipeline; resume the epoch at `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step

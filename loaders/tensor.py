@@ -1,0 +1,154 @@
+"""GPU-resident tensor backend for in-memory (CIFAR-scale) datasets.
+
+The whole uint8 image array goes to the training device once (12k×32×32×3 ≈ 37 MB for
+CIFAR-10-LT). `set_epoch` asks every sampler for its order once, lays out the epoch's rows
+step-major / stream-major as one device index tensor, and draws every view's crop/flip for
+the whole epoch on the device. A step is then only slicing that index tensor and gathering
+rows: no DataLoader workers, no per-sample Python, no host<->device traffic. Crop/flip stay
+deferred in `Batch.geometry` so `fasttrain.augment` applies them in the fused kernel pass.
+
+Because the epoch's draws are fixed in `set_epoch`, a resumed run (state_dict with the step
+position) reproduces the interrupted epoch exactly. Geometry comes from a generator on the
+loader's device seeded from (seed, epoch): CPU and CUDA runs draw different crops.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fasttrain.augment import random_geometry
+
+from .base import Batch, Geometry, LoaderBackend, steps_per_epoch
+
+SUPPORTED_AUGMENT = ("cifar", "none")
+
+
+def _geometry_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    # Distinct from the samplers' seeding so geometry and orders are not correlated.
+    g.manual_seed((seed * 1_000_003 + epoch * 7_919 + 424_242) % (2**63 - 1))
+    return g
+
+
+class TensorLoader(LoaderBackend):
+    def __init__(self, dataset, samplers, *, batch_size: int, num_views: int, device, augment, loader,
+                 train: bool, seed: int = 0):
+        if dataset.images is None:
+            raise ValueError(f"loader.backend=tensor: dataset {dataset.name!r} has no in-memory images "
+                             "(file-path datasets need loader.backend=torch or dali)")
+        images = np.asarray(dataset.images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise ValueError(f"loader.backend=tensor: dataset {dataset.name!r} images must be uint8 "
+                             f"N×H×W×3, got {images.dtype} {images.shape}")
+        if batch_size <= 0 or num_views <= 0:
+            raise ValueError(f"tensor loader: batch_size and num_views must be > 0, "
+                             f"got {batch_size}, {num_views}")
+        num_streams = max(1, len(samplers) if samplers else 0)
+        if batch_size % num_streams:
+            raise ValueError(f"loader.batch_size {batch_size} must be divisible by the {num_streams} streams")
+        if train and augment.train not in SUPPORTED_AUGMENT:
+            raise ValueError(f"augment.train={augment.train!r} is not supported by loader.backend=tensor "
+                             f"(choose from {list(SUPPORTED_AUGMENT)}, or use the torch/dali backend)")
+        self.device = torch.device(device)
+        self.dataset = dataset
+        self.samplers = list(samplers) if samplers else []
+        self.batch_size = batch_size  # rows per step over all streams (as the torch backend)
+        self.stream_batch = batch_size // num_streams
+        self.num_views = num_views
+        self.train = train
+        self.seed = seed
+        self.drop_last = bool(loader.drop_last) if train else False
+        self.padding = int(augment.crop_padding)
+        self.flip = bool(augment.flip)
+        self.defer_geometry = train and augment.train == "cifar"
+        # One copy of the data on the device, physically NHWC.
+        self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        self.labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(self.device)
+        self.num_streams = num_streams
+        self.epoch: int | None = None
+        self.step = 0  # next step of the current epoch (for mid-epoch resume)
+
+    # --- epoch layout --------------------------------------------------------------------
+    def _orders(self, epoch: int) -> list[torch.Tensor]:
+        if not self.samplers:
+            return [torch.arange(len(self.dataset))]
+        orders = []
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+            orders.append(torch.as_tensor(sampler.order(epoch), dtype=torch.long))
+        return orders
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.step = 0
+        self.epoch = epoch
+        orders = self._orders(epoch)
+        n0 = len(orders[0])
+        if n0 == 0:
+            raise ValueError("tensor loader: the first sampler's order is empty")
+        b, s = self.stream_batch, self.num_streams
+        self.num_steps = steps_per_epoch(n0, b, self.drop_last)
+        full = n0 // b
+        tail = n0 - full * b if (not self.drop_last and n0 % b) else 0
+        used = full * b + tail
+        # Other streams: the i-th step takes the same positions [i*b, i*b + b_i) of their order
+        # (GLMC pairs row i of the uniform batch with row i of the re-sampled one); wrap short ones.
+        padded = [o if len(o) >= used else o.repeat(math.ceil(used / len(o)))[:used] for o in orders]
+        parts = [torch.stack([o[: full * b].view(full, b) for o in padded], dim=1).reshape(-1)]
+        if tail:
+            parts.append(torch.cat([o[full * b: used] for o in padded]))
+        self.rows = torch.cat(parts).to(self.device)  # step-major, then stream-major
+        self.step_sizes = [b] * full + ([tail] if tail else [])
+        self.stream_full = torch.arange(s, device=self.device).repeat_interleave(b)
+        self.stream_tail = torch.arange(s, device=self.device).repeat_interleave(tail)
+        self.geometry: list[Geometry] = []
+        if self.defer_geometry:
+            g = _geometry_generator(self.seed, epoch, self.device)
+            self.geometry = [random_geometry(len(self.rows), self.padding, self.flip, g, self.device)
+                             for _ in range(self.num_views)]
+
+    # --- iteration -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        if self.epoch is None:
+            self.set_epoch(0)
+        return self.num_steps
+
+    def _batch(self, step: int) -> Batch:
+        s = self.num_streams
+        start = step * self.stream_batch * s
+        size = self.step_sizes[step] * s
+        rows = self.rows[start: start + size]
+        # channels_last (B, 3, H, W) view of the gathered NHWC rows; every view shares it,
+        # they differ only by their deferred geometry (consumers must not write in place).
+        images = self.images[rows].permute(0, 3, 1, 2)
+        geometry = [Geometry(offsets=g.offsets[start: start + size], flip=g.flip[start: start + size],
+                             padding=g.padding) for g in self.geometry] or [None] * self.num_views
+        stream = self.stream_full if size == len(self.stream_full) else self.stream_tail
+        return Batch(views=[images] * self.num_views, labels=self.labels[rows], stream=stream,
+                     num_streams=s, geometry=geometry, index=rows)
+
+    def __iter__(self):
+        if self.epoch is None:
+            self.set_epoch(0)
+        while self.step < self.num_steps:
+            batch = self._batch(self.step)
+            self.step += 1
+            for sampler in self.samplers:
+                sampler.position = min(self.step * self.stream_batch, len(sampler))
+            yield batch
+        self.step = 0
+
+    # --- resume --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        # Same keys as the torch backend, so a run may resume with either backend's state.
+        return {"epoch": self.epoch, "position": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"tensor loader state is for seed {state.get('seed')}, not {self.seed}")
+        epoch = state.get("epoch")
+        if epoch is not None:
+            self.set_epoch(int(epoch))
+            self.step = int(state.get("position", 0))

@@ -1,0 +1,30 @@
+"""Test configuration.
+
+- Markers `gpu` and `slow` are deselected unless a `-m` expression is given.
+- Triton kernel tests (`*_triton.py`) need TRITON_INTERPRET=1 set before triton is imported,
+  so they are collected only in a process started with it; `test_triton_kernels.py` starts
+  that process from the normal run, so one `pytest tests` command runs everything.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+collect_ignore_glob = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["*_triton.py"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (deselected by default)")
+    config.addinivalue_line("markers", "slow: long-running (deselected by default)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.option.markexpr:
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if ("gpu" in item.keywords or "slow" in item.keywords) else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

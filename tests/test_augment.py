@@ -1,0 +1,232 @@
+"""fasttrain.augment: geometry vs torchvision, normalisation, MixUp/CutMix semantics, λ and box draws."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from fasttrain import augment as A
+from fasttrain.data.index import CIFAR10_MEAN, CIFAR10_STD
+from fasttrain.kernels.mix import reference as R
+from fasttrain.loaders.base import Batch, Geometry
+
+MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
+
+
+def images(n: int, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def torchvision_view(img: torch.Tensor, dy: int, dx: int, flip: bool, padding: int) -> torch.Tensor:
+    """RandomCrop(size, padding) + horizontal flip for the given offsets/flag, then Normalize."""
+    h, w = img.shape[-2:]
+    out = TF.pad(img, [padding])
+    out = TF.crop(out, dy, dx, h, w)
+    if flip:
+        out = TF.horizontal_flip(out)
+    out = TF.to_dtype(out, torch.float32, scale=True)
+    return TF.normalize(out, list(MEAN), list(STD))
+
+
+# --- geometry ------------------------------------------------------------------------------------
+
+
+def test_geometry_equals_torchvision_pad_crop_flip_for_every_offset():
+    x = images(2 * 9 * 9)
+    offs = torch.tensor([(dy, dx) for dy in range(9) for dx in range(9)] * 2, dtype=torch.int32)
+    flips = torch.tensor([False] * 81 + [True] * 81)
+    geo = Geometry(offsets=offs, flip=flips, padding=4)
+    ours = R.apply_geometry(x, geo)
+    for i in range(len(x)):
+        dy, dx = offs[i].tolist()
+        want = TF.pad(x[i], [4])
+        want = TF.crop(want, dy, dx, 32, 32)
+        if flips[i]:
+            want = TF.horizontal_flip(want)
+        assert torch.equal(ours[i], want), (i, dy, dx, bool(flips[i]))
+
+
+def test_normalize_views_matches_torchvision_pipeline_and_is_channels_last():
+    x = images(16)
+    geo = A.random_geometry(16, 4, True, torch.Generator().manual_seed(3), "cpu")
+    batch = Batch(views=[x, x], labels=torch.zeros(16, dtype=torch.long),
+                  stream=torch.zeros(16, dtype=torch.long), geometry=[geo, None])
+    out = A.normalize_views(batch, MEAN, STD, impl="torch")
+    assert len(out) == 2
+    for v in out:
+        assert v.dtype == torch.float32 and v.shape == (16, 3, 32, 32)
+        assert v.is_contiguous(memory_format=torch.channels_last)
+    for i in range(16):
+        dy, dx = geo.offsets[i].tolist()
+        want = torchvision_view(x[i], dy, dx, bool(geo.flip[i]), 4)
+        torch.testing.assert_close(out[0][i], want, atol=1e-6, rtol=0)
+    plain = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), list(MEAN), list(STD))
+    torch.testing.assert_close(out[1], plain, atol=1e-6, rtol=0)
+
+
+def test_normalize_views_bf16_and_passthrough():
+    x = images(4)
+    batch = Batch(views=[x], labels=torch.zeros(4, dtype=torch.long), stream=torch.zeros(4, dtype=torch.long))
+    (bf,) = A.normalize_views(batch, MEAN, STD, dtype=torch.bfloat16, impl="torch")
+    assert bf.dtype == torch.bfloat16
+    (fp,) = A.normalize_views(batch, MEAN, STD, impl="torch")
+    assert torch.equal(bf, fp.to(torch.bfloat16))
+    done = Batch(views=[fp], labels=batch.labels, stream=batch.stream, normalized=True)
+    assert A.normalize_views(done, MEAN, STD)[0] is fp
+
+
+def test_random_geometry_ranges_and_flip_switch():
+    g = torch.Generator().manual_seed(0)
+    geo = A.random_geometry(4000, 4, True, g, "cpu")
+    assert geo.offsets.min() == 0 and geo.offsets.max() == 8 and geo.padding == 4
+    counts = torch.bincount(geo.offsets.flatten().long(), minlength=9).double() / 8000
+    assert torch.allclose(counts, torch.full((9,), 1 / 9, dtype=torch.double), atol=0.02)
+    assert 0.45 < geo.flip.double().mean() < 0.55
+    assert not A.random_geometry(100, 4, False, g, "cpu").flip.any()
+
+
+# --- mixing semantics ----------------------------------------------------------------------------
+
+
+def test_mixup_cutmix_semantics_by_hand():
+    x_mix, x_cut = images(6, seed=1), images(6, seed=2)
+    idx_a, idx_b = torch.tensor([0, 1, 2]), torch.tensor([5, 3, 4])
+    spec = A.MixSpec(lam=0.25, box=(3, 11, 20, 32), lam_cut=0.25)
+    mix, cut = A.mixup_cutmix(x_mix, x_cut, None, None, idx_a, idx_b, spec, MEAN, STD, impl="torch")
+    assert mix.shape == cut.shape == (3, 3, 32, 32)
+    assert mix.is_contiguous(memory_format=torch.channels_last)
+    norm = lambda t: TF.normalize(TF.to_dtype(t, torch.float32, scale=True), list(MEAN), list(STD))
+    torch.testing.assert_close(mix, 0.25 * norm(x_mix[idx_a]) + 0.75 * norm(x_mix[idx_b]), atol=2e-6, rtol=0)
+    want = norm(x_cut[idx_a]).clone()
+    want[:, :, 3:11, 20:32] = norm(x_cut[idx_b])[:, :, 3:11, 20:32]
+    torch.testing.assert_close(cut, want, atol=1e-6, rtol=0)
+
+
+def test_mix_applies_geometry_per_source_row():
+    x = images(4, seed=3)
+    g = torch.Generator().manual_seed(1)
+    geo_m, geo_c = A.random_geometry(4, 4, True, g, "cpu"), A.random_geometry(4, 4, True, g, "cpu")
+    idx_a, idx_b = torch.tensor([0, 1]), torch.tensor([2, 3])
+    spec = A.MixSpec(lam=0.6, box=(0, 16, 0, 16), lam_cut=0.6)
+    mix, cut = A.mixup_cutmix(x, x, geo_m, geo_c, idx_a, idx_b, spec, MEAN, STD, impl="torch")
+
+    def tv(geo: Geometry, r: int) -> torch.Tensor:
+        dy, dx = geo.offsets[r].tolist()
+        return torchvision_view(x[r], dy, dx, bool(geo.flip[r]), 4)
+
+    for i, (a, b) in enumerate(zip(idx_a.tolist(), idx_b.tolist())):
+        torch.testing.assert_close(mix[i], 0.6 * tv(geo_m, a) + 0.4 * tv(geo_m, b), atol=2e-6, rtol=0)
+        want = tv(geo_c, a).clone()
+        want[:, :16, :16] = tv(geo_c, b)[:, :16, :16]
+        torch.testing.assert_close(cut[i], want, atol=1e-6, rtol=0)
+
+
+def test_mix_glmc_pairs_streams_and_returns_labels():
+    x = images(8, seed=4)
+    labels = torch.arange(8) * 10
+    batch = Batch(views=[x, x], labels=labels, stream=torch.arange(2).repeat_interleave(4), num_streams=2,
+                  geometry=[None, None])
+    spec = A.MixSpec(lam=1.0, box=(0, 0, 0, 0), lam_cut=1.0)
+    mix, cut, y_a, y_b = A.mix_glmc(batch, spec, MEAN, STD, impl="torch")
+    assert torch.equal(y_a, labels[:4]) and torch.equal(y_b, labels[4:])
+    torch.testing.assert_close(mix, R.normalize_reference(x[:4], None, MEAN, STD), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cut, mix, atol=0, rtol=0)  # empty box: CutMix keeps row a
+
+
+def test_bad_impl_and_bad_input_raise_clear_errors():
+    x = images(2)
+    with pytest.raises(ValueError, match="loader.mix_impl"):
+        A.mixup_cutmix(x, x, None, None, torch.tensor([0]), torch.tensor([1]),
+                       A.MixSpec(0.5, (0, 0, 0, 0), 0.5), MEAN, STD, impl="cuda")
+    with pytest.raises(ValueError, match="uint8"):
+        A.mixup_cutmix(x.float(), x, None, None, torch.tensor([0]), torch.tensor([1]),
+                       A.MixSpec(0.5, (0, 0, 0, 0), 0.5), MEAN, STD, impl="torch")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        A.mixup_cutmix(x, x, None, None, torch.tensor([0]), torch.tensor([1]),
+                       A.MixSpec(0.5, (0, 0, 0, 0), 0.5), MEAN, STD, impl="triton")
+
+
+# --- λ and box draws -----------------------------------------------------------------------------
+
+
+def ks_statistic(samples: np.ndarray, cdf) -> float:
+    s = np.sort(samples)
+    n = len(s)
+    f = cdf(s)
+    return float(max(np.max(np.arange(1, n + 1) / n - f), np.max(f - np.arange(n) / n)))
+
+
+@pytest.mark.parametrize("beta, cdf", [
+    (1.0, lambda x: x),
+    (0.5, lambda x: 2 / np.pi * np.arcsin(np.sqrt(x))),
+    (2.0, lambda x: 3 * x**2 - 2 * x**3),
+])
+def test_lambda_distribution_beta_ks(beta, cdf):
+    g = torch.Generator().manual_seed(1234)
+    lam = np.array([A.sample_lambda(beta, g) for _ in range(4000)])
+    assert lam.min() >= 0 and lam.max() <= 1
+    # KS critical value at alpha = 0.001 is 1.95 / sqrt(n) ≈ 0.031; a wrong law is far above it.
+    assert ks_statistic(lam, cdf) < 1.95 / math.sqrt(len(lam))
+    if beta != 1.0:  # and the uniform law is rejected, so the test has power
+        assert ks_statistic(lam, lambda x: x) > 1.95 / math.sqrt(len(lam))
+
+
+@pytest.mark.parametrize("lam, centre, box", [
+    (0.75, (16, 16), (8, 24, 8, 24)),  # s = ceil(32 * 0.5) = 16, unclipped side 16
+    (0.75, (0, 31), (0, 8, 23, 32)),  # clipped at both borders
+    (1 - (15 / 32) ** 2, (16, 16), (9, 23, 9, 23)),  # s = 15 (odd): side 2*7 = 14
+    (0.0, (16, 16), (0, 32, 0, 32)),  # s = 32: the whole image
+    (1.0, (5, 7), (5, 5, 7, 7)),  # s = 0: empty box
+])
+def test_cutmix_box_hand_computed(lam, centre, box):
+    assert A.cutmix_box(32, 32, lam, *centre) == box
+
+
+def test_sample_mix_area_correction_switch():
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(50):
+        plain = A.sample_mix(32, 32, generator=g1)
+        corr = A.sample_mix(32, 32, area_correct=True, generator=g2)
+        assert plain.lam == corr.lam and plain.box == corr.box and plain.lam_cut == plain.lam
+        y0, y1, x0, x1 = corr.box
+        assert corr.lam_cut == pytest.approx(1 - (y1 - y0) * (x1 - x0) / 1024)
+
+
+def test_box_area_distribution_matches_independent_monte_carlo():
+    """E[pasted area] and P(box touches the top edge) vs a NumPy simulation of the spec."""
+    g = torch.Generator().manual_seed(99)
+    specs = [A.sample_mix(32, 32, generator=g) for _ in range(6000)]
+    area = np.array([(s.box[1] - s.box[0]) * (s.box[3] - s.box[2]) / 1024 for s in specs])
+    top = np.array([s.box[0] == 0 for s in specs])
+    rng = np.random.default_rng(5)
+    lam = rng.uniform(size=200_000)
+    half = np.ceil(32 * np.sqrt(1 - lam)).astype(int) // 2
+    cy, cx = rng.integers(0, 32, size=(2, lam.size))
+    side = lambda c: np.clip(c + half, 0, 32) - np.clip(c - half, 0, 32)
+    want_area = side(cy) * side(cx) / 1024
+    assert abs(area.mean() - want_area.mean()) < 4 * want_area.std() / math.sqrt(len(area))
+    want_top = (cy - half <= 0).mean()
+    assert abs(top.mean() - want_top) < 4 * math.sqrt(want_top * (1 - want_top) / len(top))
+    # λ is the label weight even though the pasted area differs (GLMC: no area correction).
+    assert all(s.lam_cut == s.lam for s in specs)
+
+
+def test_sample_mix_is_host_side_and_seeded():
+    a = A.sample_mix(32, 32, beta=0.5, generator=torch.Generator().manual_seed(3))
+    b = A.sample_mix(32, 32, beta=0.5, generator=torch.Generator().manual_seed(3))
+    assert a == b and isinstance(a.lam, float)
+    with pytest.raises(ValueError, match="beta"):
+        A.sample_mix(32, 32, beta=0.0)
+
+
+def test_torchvision_v2_mixup_is_a_different_but_comparable_baseline():
+    """Sanity check the benchmark baseline runs on our layout (dense targets, float input)."""
+    x = R.normalize_reference(images(8), None, MEAN, STD)
+    out, target = v2.MixUp(num_classes=10)(x, torch.arange(8))
+    assert out.shape == x.shape and target.shape == (8, 10)

@@ -16,6 +16,10 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = run_training(cfg, resume=args.resume)
+    if "final" not in summary:
+        print(json.dumps({"run_dir": str(Path(cfg.out_dir) / cfg.name), "stopped_at_epoch": summary["stopped_at_epoch"],
+                          "continue_with": f"fasttrain train {args.config} ... --resume"}, indent=1))
+        return 0
     final = summary["final"]
     print(json.dumps({"run_dir": str(Path(cfg.out_dir) / cfg.name), "final": final, "best": summary["best"],
                       "img_per_s": round(summary["img_per_s"], 1), "wall_s": round(summary["wall_s"], 1),

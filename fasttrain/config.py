@@ -123,6 +123,9 @@ class TrainConfig:
     save_every: int = 1
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
     deterministic: bool = False
+    # End this invocation cleanly after N epochs (last.pt saved; continue with --resume): for
+    # jobs with a wall-time limit. The schedule still follows `epochs`.
+    stop_after_epochs: int | None = None
     loss_impl: str = "auto"  # fused soft-label loss dispatch: auto (Triton on CUDA) | triton | torch
 
 
@@ -216,8 +219,18 @@ def _check_values(cfg: RunConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _is_subsequence(short: str, long: str) -> bool:
+    it = iter(long)
+    return all(ch in it for ch in short)
+
+
 def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    """'; did you mean X?' for the closest valid key (typo, or an abbreviation like lr)."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if not close:  # abbreviations: `lr` for `learning_rate`, `bs` for `batch_size`
+        close = [v for v in valid if len(v) >= 2 and v[0] == key[:1] and _is_subsequence(v, key)]
+    if not close:
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
     return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
 
 

@@ -302,8 +302,12 @@ class Trainer:
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         t0 = time.perf_counter()
         last_report = None
+        run_here = 0
         try:
             for epoch in range(self.start_epoch, cfg.train.epochs):
+                if cfg.train.stop_after_epochs is not None and run_here >= cfg.train.stop_after_epochs:
+                    log.warning("stopping after %d epochs as configured; continue with --resume", run_here)
+                    return StageResult(self.model, {"stopped_at_epoch": epoch, "name": cfg.name})
                 stats = self.train_epoch(epoch, writer, meter)
                 record = {"epoch": epoch, **stats}
                 if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs:
@@ -324,6 +328,7 @@ class Trainer:
                             writer.add_scalar(f"eval/{k}", record[k], epoch)
                 if (epoch + 1) % cfg.train.save_every == 0 or epoch + 1 == cfg.train.epochs:
                     save_checkpoint(self._state(epoch + 1), self.run_dir / "last.pt")
+                run_here += 1
                 log.info("epoch %d: %s", epoch, {k: (round(v, 4) if isinstance(v, float) else v)
                                                   for k, v in record.items()})
         except _Stop:
@@ -361,6 +366,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict:
     result = Trainer(cfg, root, resume=resume).fit()
     summaries = [result.summary]
     for i, stage in enumerate(cfg.stages):
+        if "stopped_at_epoch" in result.summary:
+            break
         scfg = stage_config(cfg, i)
         result = Trainer(scfg, root / stage.name, previous_model=result.model, resume=resume).fit()
         summaries.append(result.summary)

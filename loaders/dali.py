@@ -166,8 +166,8 @@ def sample_rrc(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray
         fw = np.where(in_ratio < min(ratio), ww, np.where(in_ratio > max(ratio), np.round(hh * max(ratio)), ww))
         fh = np.where(in_ratio < min(ratio), np.round(ww / min(ratio)), hh)
         ch[miss], cw[miss] = fh, fw
-        top[miss] = np.floor((hh - fh) / 2 + 0.5)  # int(round(...)) as torchvision
-        left[miss] = np.floor((ww - fw) / 2 + 0.5)
+        top[miss] = np.floor((hh - fh) / 2)  # (height - h) // 2 as torchvision
+        left[miss] = np.floor((ww - fw) / 2)
     anchor = np.stack([top, left], 1).astype(np.float32)
     shape = np.stack([ch, cw], 1).astype(np.float32)
     return anchor, shape
@@ -184,8 +184,8 @@ def eval_roi(heights: np.ndarray, widths: np.ndarray, resize: int, crop: int) ->
     new_long = np.floor(resize * long_ / short)  # int(size * long / short)
     new_h = np.where(heights <= widths, resize, new_long).astype(np.float64)
     new_w = np.where(heights <= widths, new_long, resize).astype(np.float64)
-    top = np.floor((new_h - crop) / 2 + 0.5)
-    left = np.floor((new_w - crop) / 2 + 0.5)
+    top = np.round((new_h - crop) / 2)  # int(round(...)): Python's round half to even, as np.round
+    left = np.round((new_w - crop) / 2)
     sy, sx = heights / new_h, widths / new_w
     anchor = np.stack([top * sy, left * sx], 1).astype(np.float32)
     shape = np.stack([np.full_like(sy, crop) * sy, np.full_like(sx, crop) * sx], 1).astype(np.float32)
@@ -296,12 +296,11 @@ class DaliLoader(LoaderBackend):
         self.skipped: list[str] = []  # unreadable files found so far (skip_corrupt=True)
         self.skipped_rows = 0  # batch rows dropped because their file was unreadable
         self._bad: set[int] = set()  # dataset indices known to be unreadable
-        self._sizes: dict[int, tuple[int, int]] = {}  # header size cache (dataset index -> (h, w))
         self.epoch = 0
         self.position = 0
         self._orders: list[torch.Tensor] = []
         self._pipe = None
-        fields = ["anchor", "shape", "flip"]
+        fields = ["anchor", "shape"] + (["flip"] if self.flip else [])
         if self.jitter > 0 or self.gray_p > 0:
             fields += ["brightness", "contrast", "saturation"]
         if self.blur_p > 0:
@@ -323,6 +322,9 @@ class DaliLoader(LoaderBackend):
         dec_dev = "mixed" if self._cuda else "cpu"
         pipe = self.dali.Pipeline(batch_size=self.batch_size, num_threads=self.threads, device_id=device_id,
                                   prefetch_queue_depth=self.prefetch, seed=self.seed & 0x7FFF_FFFF)
+        # nvJPEG buffers sized for ImageNet-class JPEGs up front (MLPerf-style values), so the
+        # first epochs do not reallocate; CPU decoding takes no such hints.
+        dec_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512) if self._cuda else {}
         n_in = 1 + len(self._fields) * self.num_views
         crop = [self.crop, self.crop]
         with pipe:
@@ -337,12 +339,12 @@ class DaliLoader(LoaderBackend):
                     # Decoder crops: only the RRC window is decoded (one view only).
                     img = fn.decoders.image_slice(jpegs, p["anchor"], p["shape"], device=dec_dev,
                                                   output_type=types.RGB, axis_names="HW",
-                                                  normalized_anchor=False, normalized_shape=False)
+                                                  normalized_anchor=False, normalized_shape=False, **dec_kw)
                     img = fn.resize(img, size=crop, antialias=self.antialias,
                                     interp_type=types.INTERP_LINEAR)
                 else:
                     if decoded is None:  # decode ONCE, every view resamples its own ROI
-                        decoded = fn.decoders.image(jpegs, device=dec_dev, output_type=types.RGB)
+                        decoded = fn.decoders.image(jpegs, device=dec_dev, output_type=types.RGB, **dec_kw)
                     img = fn.resize(decoded, size=crop, roi_start=p["anchor"], roi_end=p["anchor"] + p["shape"],
                                     roi_relative=False, antialias=self.antialias,
                                     interp_type=types.INTERP_LINEAR)
@@ -352,7 +354,8 @@ class DaliLoader(LoaderBackend):
                 if "sigma" in p:
                     img = fn.gaussian_blur(img, sigma=p["sigma"], window_size=_BLUR_WINDOW, device=op_dev)
                 if self.normalize:
-                    img = fn.crop_mirror_normalize(img, mirror=p["flip"], dtype=types.FLOAT, output_layout="HWC",
+                    img = fn.crop_mirror_normalize(img, mirror=p["flip"] if self.flip else 0, dtype=types.FLOAT,
+                                                   output_layout="HWC",
                                                    mean=[255.0 * m for m in self.mean],
                                                    std=[255.0 * s for s in self.std], device=op_dev)
                 elif self.flip:
@@ -488,7 +491,8 @@ class DaliLoader(LoaderBackend):
     # --- failure mapping -------------------------------------------------------------------
     def _probe_pipeline(self):
         fn, types = self.fn, self.types
-        pipe = self.dali.Pipeline(batch_size=1, num_threads=1, device_id=None)
+        pipe = self.dali.Pipeline(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1,
+                                  exec_pipelined=False, exec_async=False)
         with pipe:
             x = fn.external_source(name="probe", batch=True)
             pipe.set_outputs(fn.decoders.image(x, device="cpu", output_type=types.RGB))
@@ -538,12 +542,14 @@ class DaliLoader(LoaderBackend):
         if self._pipe is None:
             self._pipe = self._build_pipeline()
         self._source.in_flight.clear()
+        finished = False
         try:
             while True:
                 try:
                     outs = self._pipe.run()
                 except StopIteration:
                     self._pipe.reset()
+                    finished = True
                     return
                 except (DatasetError, _RestartFrom):
                     self._pipe = None
@@ -562,6 +568,21 @@ class DaliLoader(LoaderBackend):
                         q.get_nowait()
                     except queue.Empty:
                         worker.join(timeout=0.05)
+            if not finished and self._pipe is not None:
+                self._drain()
+
+    def _drain(self) -> None:
+        """The consumer stopped early (max_steps_per_epoch, break): drop the batches DALI already
+        prefetched so the next epoch starts clean, keeping the built pipeline."""
+        self._source.next_item = lambda: None
+        try:
+            while True:
+                self._pipe.run()
+        except StopIteration:
+            self._pipe.reset()
+        except Exception:  # a failing prefetched batch nobody asked for: rebuild next time
+            self._pipe = None
+        self._source.in_flight.clear()
 
     def _handle_failure(self, exc: RuntimeError):
         pending = list(self._source.in_flight)

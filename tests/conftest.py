@@ -28,3 +28,26 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _cifar10_root():
+    from pathlib import Path
+
+    for root in (os.environ.get("FASTTRAIN_DATA"), Path(__file__).resolve().parent.parent / "data"):
+        if root and (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():
+            return Path(root)
+    return None
+
+
+@pytest.fixture
+def cifar10_root():
+    """Root holding the real `cifar-10-batches-py` (`fasttrain data cifar10 --root data`).
+
+    Skipped when absent, except in CI (FASTTRAIN_REQUIRE_DATA=1), where it must be there."""
+    root = _cifar10_root()
+    if root is None:
+        msg = "real CIFAR-10 not found: run `fasttrain data cifar10 --root data` (or set FASTTRAIN_DATA)"
+        if os.environ.get("FASTTRAIN_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root

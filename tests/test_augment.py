@@ -230,3 +230,33 @@ def test_torchvision_v2_mixup_is_a_different_but_comparable_baseline():
     x = R.normalize_reference(images(8), None, MEAN, STD)
     out, target = v2.MixUp(num_classes=10)(x, torch.arange(8))
     assert out.shape == x.shape and target.shape == (8, 10)
+
+
+# --- GPU (deselected by default; run with -m gpu on a CUDA machine) ------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size, geometry", [(32, True), (224, False), (20, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernel_on_cuda_matches_reference(size, geometry, dtype):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    dev = torch.device("cuda")
+    x_mix, x_cut = images(64, size, size, seed=1).to(dev), images(64, size, size, seed=2).to(dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    geos = [A.random_geometry(64, 4, True, g, dev) if geometry else None for _ in range(2)]
+    idx_a, idx_b = torch.arange(32, device=dev), torch.randperm(64, device=dev, generator=g)[:32]
+    spec = A.sample_mix(size, size, generator=torch.Generator().manual_seed(1))
+    got = A.mixup_cutmix(x_mix, x_cut, geos[0], geos[1], idx_a, idx_b, spec, MEAN, STD, dtype, impl="triton")
+    want = A.mixup_cutmix(x_mix, x_cut, geos[0], geos[1], idx_a, idx_b, spec, MEAN, STD, impl="torch")
+    for g_, w_ in zip(got, want):
+        assert g_.dtype == dtype and g_.is_contiguous(memory_format=torch.channels_last)
+        tol = 1e-6 if dtype == torch.float32 else 0.0
+        ulp = torch.pow(2.0, torch.floor(torch.log2(w_.abs().clamp_min(2.0**-126))) - 7)
+        bound = tol if dtype == torch.float32 else ulp
+        assert ((g_.float() - w_).abs() <= bound).all()
+    batch = Batch(views=[x_mix], labels=torch.zeros(64, dtype=torch.long, device=dev),
+                  stream=torch.zeros(64, dtype=torch.long, device=dev), geometry=[geos[0]])
+    (got_n,) = A.normalize_views(batch, MEAN, STD, impl="auto")  # auto -> Triton on CUDA
+    (want_n,) = A.normalize_views(batch, MEAN, STD, impl="torch")
+    torch.testing.assert_close(got_n, want_n, atol=1e-6, rtol=0)

@@ -123,6 +123,11 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=1, eps=1e-8).mean()
 
 
+def consistency_loss(p_g: torch.Tensor, z_g: torch.Tensor, p_l: torch.Tensor, z_l: torch.Tensor) -> torch.Tensor:
+    """L_sim = D(p_g, sg z_l) + D(p_l, sg z_g): each branch predicts the other's projection."""
+    return negative_cosine(p_g, z_l) + negative_cosine(p_l, z_g)
+
+
 def select_logits(logits: torch.Tensor, logits_cb: torch.Tensor, head: str) -> torch.Tensor:
     if head == "fc_cb":
         return logits_cb
@@ -180,7 +185,7 @@ class GLMC(Method):
         loss_mix, loss_cut = sce(o_g, spec.lam), sce(o_l, spec.lam_cut)
         loss_mix_w = sce(ocb_g, spec.lam, self.weights)
         loss_cut_w = sce(ocb_l, spec.lam_cut, self.weights)
-        loss_sim = negative_cosine(p_g, z_l) + negative_cosine(p_l, z_g)
+        loss_sim = consistency_loss(p_g, z_g, p_l, z_l)
         alpha = cumulative_alpha(progress.epoch, progress.epochs)  # host float: no sync
         loss = (alpha * (loss_mix + loss_cut) + (1.0 - alpha) * (loss_mix_w + loss_cut_w)
                 + cfg.consistency_weight * loss_sim)

@@ -71,7 +71,9 @@ def _one_view(out_ptr, src_ptr, off_ptr, flip_ptr, pad, idx_a_ptr, idx_b_ptr, m,
     tl.store(out, res.to(out_ptr.dtype.element_ty), mask=emask)
 
 
-@triton.jit
+# Per-step scalars (box corners, padding) must not be value-specialised: Triton would compile
+# a new variant whenever a corner changes between "divisible by 16" and not.
+@triton.jit(do_not_specialize=["pad0", "pad1", "by0", "by1", "bx0", "bx1"])
 def mix_kernel(out0_ptr, src0_ptr, off0_ptr, flip0_ptr, pad0,
                out1_ptr, src1_ptr, off1_ptr, flip1_ptr, pad1,
                idx_a_ptr, idx_b_ptr, lam, one_minus_lam, by0, by1, bx0, bx1,

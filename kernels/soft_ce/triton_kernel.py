@@ -68,7 +68,7 @@ def _online_step(zc, a, m, l, s, d, SPARSE: tl.constexpr):
     if not SPARSE:
         # Re-base d on the new pivot, then add this chunk (0 * (-inf) terms are 0).
         d = d + tl.where(s != 0.0, s * (m_old_safe - m_new_safe), 0.0)
-        d = d + tl.sum(tl.where(a != 0.0, a * (zc - m_new_safe[:, None]), 0.0), axis=1)
+        d = d + tl.sum(a * tl.where(a != 0.0, zc - m_new_safe[:, None], 0.0), axis=1)
         s = s + tl.sum(a, axis=1)
     return m_new, l, s, d
 
@@ -166,8 +166,8 @@ def _soft_ce_kernel(
                     zb += tl.load(off_ptr + rows64 * stride_ob + yb, mask=label_ok, other=0.0).to(tl.float32)
                 za = za * inv_T
                 zb = zb * inv_T
-                loss = tl.where(coef_a != 0.0, coef_a * (lse - za), 0.0)
-                loss += tl.where(coef_b != 0.0, coef_b * (lse - zb), 0.0)
+                loss = coef_a * tl.where(coef_a != 0.0, lse - za, 0.0)
+                loss += coef_b * tl.where(coef_b != 0.0, lse - zb, 0.0)
             else:
                 loss = tl.where(s != 0.0, s * log_l, 0.0) - d
             loss = tl.where(label_ok, loss * loss_mult, float("nan"))

@@ -1,0 +1,57 @@
+"""Datasets: the LTDataset index and the builders behind `data.dataset`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fasttrain.data.index import (FEW, GROUP_NAMES, MANY, MEDIUM, DatasetError, LTDataset,  # noqa: F401
+                                  shot_groups)
+
+LIST_DATASETS = ("imagenet_lt", "inat2018", "places_lt")
+
+
+def cifar_split_seed(cfg) -> int:
+    """data.split_seed if set; else the codes' own choice: 0 for LDAM's split, the run seed for GLMC's."""
+    if cfg.data.split_seed is not None:
+        return int(cfg.data.split_seed)
+    return 0 if cfg.data.cifar_split == "ldam" else int(cfg.seed)
+
+
+def build_datasets(cfg) -> tuple[LTDataset, LTDataset]:
+    """(train, eval) for `cfg.data.dataset` (a RunConfig)."""
+    d = cfg.data
+    if d.dataset in ("cifar10_lt", "cifar100_lt"):
+        from fasttrain.data.cifar import build_cifar_lt
+
+        return build_cifar_lt(d.root, 10 if d.dataset == "cifar10_lt" else 100, d.imbalance_ratio,
+                              d.cifar_split, cifar_split_seed(cfg))
+    if d.dataset in LIST_DATASETS:
+        from fasttrain.data.lists import build_benchmark
+
+        return build_benchmark(d.dataset, d.root, d.train_list, d.test_list, d.eval_split)
+    if d.dataset == "folder":
+        from fasttrain.data.folder import build_folder_dataset
+
+        return build_folder_dataset(d.root, d.eval_split)
+    if d.dataset == "synthetic":
+        return _build_synthetic(cfg)
+    raise DatasetError(f"data.dataset: unknown dataset {d.dataset!r}")
+
+
+def _build_synthetic(cfg) -> tuple[LTDataset, LTDataset]:
+    from fasttrain.data.lists import build_list_dataset
+    from fasttrain.data.synthetic import make_synthetic_corpus
+
+    d = cfg.data
+    if d.num_classes is None:
+        raise DatasetError("data.num_classes: required for data.dataset=synthetic (e.g. 10)")
+    if d.eval_split != "test":
+        raise DatasetError(f"data.eval_split: the synthetic corpus has only a 'test' split, got {d.eval_split!r}")
+    if len(d.synthetic_size) != 2:
+        raise DatasetError(f"data.synthetic_size: expected [width, height], got {d.synthetic_size!r}")
+    # Generated once under data.root; later runs with the same parameters reuse it. The corpus
+    # seed is fixed (0) so runs with different seeds train on the same images.
+    make_synthetic_corpus(d.root, d.num_classes, d.synthetic_max_per_class, d.synthetic_imbalance,
+                          d.synthetic_test_per_class, size=tuple(d.synthetic_size), seed=0)
+    root = Path(d.root)
+    return build_list_dataset("synthetic", root, d.train_list or root / "train.txt",
+                              d.test_list or root / "test.txt", d.num_classes)

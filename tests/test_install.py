@@ -1,0 +1,46 @@
+"""`loaders/` and `kernels/` install as `fasttrain.loaders` / `fasttrain.kernels`, never as
+generic top-level packages — both for the editable install and for a built wheel."""
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ("import importlib.util, fasttrain, fasttrain.loaders.base, fasttrain.kernels, fasttrain.loaders.torch_backend;"
+         "assert importlib.util.find_spec('loaders') is None, 'generic top-level loaders importable';"
+         "assert importlib.util.find_spec('kernels') is None, 'generic top-level kernels importable';"
+         "print(fasttrain.__file__, fasttrain.loaders.base.__file__)")
+
+
+def run_probe(cwd, env=None):
+    return subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_editable_install_imports_namespaced_packages(tmp_path):
+    proc = run_probe(tmp_path)  # outside the repo: only the installed mapping can resolve them
+    assert proc.returncode == 0, proc.stderr
+    assert str(ROOT / "loaders" / "base.py") in proc.stdout
+
+
+def test_built_wheel_imports_namespaced_packages(tmp_path):
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheel_dir.glob("fasttrain-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fasttrain/loaders/base.py" in names and "fasttrain/kernels/__init__.py" in names
+    assert "fasttrain/kernels/soft_ce/reference.py" in names
+    assert any(n.startswith("fasttrain/splits/imagenet_lt/") for n in names)
+    assert not any(n.startswith(("loaders/", "kernels/")) for n in names)
+    target = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    # PYTHONPATH entries come before the editable install's finder on the import path, so
+    # this process imports the wheel's copy; the probe checks which copy it got.
+    env = dict(os.environ, PYTHONPATH=str(target))
+    proc = run_probe(tmp_path, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith(str(target)), proc.stdout

@@ -1,0 +1,162 @@
+"""Triton soft-label CE kernel vs the reference, on CPU under TRITON_INTERPRET=1 (fp32, small).
+
+Run in its own process: TRITON_INTERPRET=1 must be set before torch/triton are imported.
+Both backward strategies ("recompute", "fused") and both code paths of the kernel (whole row in
+one chunk, and several chunks with the online softmax, forced by shrinking MAX_BLOCK_C) are hit.
+"""
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fasttrain.kernels.soft_ce import soft_target_cross_entropy, soft_target_cross_entropy_reference  # noqa: E402
+from fasttrain.kernels.soft_ce import triton_kernel as tk  # noqa: E402
+from fasttrain.kernels.soft_ce.function import triton_soft_target_cross_entropy  # noqa: E402
+from fasttrain.kernels.soft_ce.reference import validate_inputs  # noqa: E402
+
+TARGET_KINDS = ("hard", "mix_scalar", "mix_rows", "dense")
+
+
+def make_case(B, C, kind, opts, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = (torch.randn(B, C, generator=g) * 3).to(dtype)
+    ya, yb = torch.randint(0, C, (B,), generator=g), torch.randint(0, C, (B,), generator=g)
+    kw = {
+        "hard": dict(y_a=ya),
+        "mix_scalar": dict(y_a=ya, y_b=yb, lam=0.35),
+        "mix_rows": dict(y_a=ya, y_b=yb, lam=torch.rand(B, generator=g)),
+        "dense": dict(targets=torch.softmax(torch.randn(B, C, generator=g), 1)),
+    }[kind]
+    if "w" in opts:
+        kw["class_weights"] = torch.rand(C, generator=g) + 0.05
+    if "b" in opts:
+        kw["logit_offset"] = torch.randn(C, generator=g)
+    if "T" in opts:
+        kw.update(temperature=1.7, t2_scale=True)
+    return z, kw
+
+
+def compare(z, kw, grad_mode="recompute", reduction="mean", rtol=1e-5, atol=1e-5):
+    """Values and logits-gradients (for a random grad_output) of Triton vs the reference."""
+    results = []
+    for use_triton in (False, True):
+        zz = z.detach().clone().requires_grad_()
+        if use_triton:
+            out = triton_soft_target_cross_entropy(validate_inputs(zz, reduction=reduction, **kw), grad_mode=grad_mode)
+        else:
+            out = soft_target_cross_entropy_reference(zz, reduction=reduction, **kw)
+        go = torch.rand(out.shape, generator=torch.Generator().manual_seed(11)) + 0.5
+        (out * go).sum().backward()
+        results.append((out.detach(), zz.grad))
+    (v_ref, g_ref), (v_tri, g_tri) = results
+    torch.testing.assert_close(v_tri, v_ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(g_tri, g_ref, rtol=rtol, atol=atol)
+    return v_tri, g_tri
+
+
+OPTION_SETS = ((), ("w",), ("b", "T"), ("w", "b", "T"))
+CASES = [
+    (B, C, kind, OPTION_SETS[i % 4], ("recompute", "fused")[i % 2], ("mean", "sum", "none")[i % 3])
+    for i, (B, C, kind) in enumerate(itertools.product([1, 7, 33], [10, 100, 1000], TARGET_KINDS))
+]
+
+
+@pytest.mark.parametrize("B,C,kind,opts,grad_mode,reduction", CASES)
+def test_matches_reference_one_chunk(B, C, kind, opts, grad_mode, reduction):
+    z, kw = make_case(B, C, kind, opts, seed=B * 7919 + C)
+    compare(z, kw, grad_mode=grad_mode, reduction=reduction)
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+@pytest.mark.parametrize("grad_mode", ["recompute", "fused"])
+@pytest.mark.parametrize("B,C", [(7, 100), (5, 1000)])
+def test_matches_reference_multi_chunk(monkeypatch, B, C, kind, grad_mode):
+    monkeypatch.setattr(tk, "MAX_BLOCK_C", 64)  # online softmax over several chunks, ragged tail
+    z, kw = make_case(B, C, kind, ("w", "b", "T"), seed=C + B)
+    z[:, -1] += 20.0  # the running max jumps in the last chunk: exercises the re-basing
+    compare(z, kw, grad_mode=grad_mode, reduction="none")
+
+
+def test_non_contiguous_inputs_and_int32_labels():
+    g = torch.Generator().manual_seed(3)
+    big = torch.randn(9, 60, generator=g)
+    z = big[::2, 5:45]  # row-strided view
+    zt = torch.randn(40, 5, generator=g).t()  # class axis strided
+    ya = torch.randint(0, 40, (10,), generator=g)[::2].int()
+    off = torch.randn(5, 80, generator=g)[:, ::2]  # per-sample offset, strided
+    compare(z, dict(y_a=ya, logit_offset=off))
+    compare(zt, dict(targets=torch.softmax(torch.randn(10, 40, generator=g), 1)[::2]))
+
+
+def test_edge_cases_lambda_extremes_same_labels_zero_rows():
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(6, 30, generator=g)
+    ya, yb = torch.randint(0, 30, (6,), generator=g), torch.randint(0, 30, (6,), generator=g)
+    for lam in (0.0, 1.0):
+        compare(z, dict(y_a=ya, y_b=yb, lam=lam))
+    compare(z, dict(y_a=ya, y_b=ya, lam=0.3))
+    compare(z, dict(y_a=ya, y_b=yb, lam=torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0, 0.2])), grad_mode="fused")
+    dense = torch.softmax(torch.randn(6, 30, generator=g), 1)
+    dense[2] = 0.0
+    v, grad = compare(z, dict(targets=dense), reduction="none")
+    assert v[2] == 0 and (grad[2] == 0).all()
+
+
+@pytest.mark.parametrize("max_block", [8192, 8])
+def test_neg_inf_and_huge_logits_no_nan(monkeypatch, max_block):
+    monkeypatch.setattr(tk, "MAX_BLOCK_C", max_block)
+    z = torch.randn(4, 20)
+    z[0, :15] = float("-inf")  # whole first chunks masked: running max starts at -inf
+    z[1, 3] = 3e38
+    z[1, 4] = -1e37
+    z[2, 7] = float("-inf")
+    ya = torch.tensor([16, 4, 2, 5])
+    yb = torch.tensor([3, 3, 7, 5])  # lam=1 rows put 0 mass on -inf logits
+    v, grad = compare(z, dict(y_a=ya, y_b=yb, lam=torch.tensor([1.0, 0.5, 1.0, 0.3])), reduction="none")
+    assert torch.isfinite(v).all() and torch.isfinite(grad).all()
+    dense = torch.softmax(torch.randn(4, 20), 1)
+    dense[0, :15] = 0.0
+    dense[2, 7] = 0.0
+    dense[1, 4] = 0.0
+    v, grad = compare(z, dict(targets=dense), reduction="none")
+    assert torch.isfinite(v).all() and torch.isfinite(grad).all()
+
+
+def test_dispatch_module_and_temperature_only():
+    z, kw = make_case(5, 12, "mix_scalar", (), seed=5)
+    zz = z.clone().requires_grad_()
+    out = soft_target_cross_entropy(zz, impl="triton", temperature=3.0, **kw)
+    torch.testing.assert_close(out, soft_target_cross_entropy_reference(z, temperature=3.0, **kw))
+
+
+def test_out_of_range_label_gives_nan_not_a_crash():
+    z = torch.randn(3, 10)
+    out = soft_target_cross_entropy(z, y_a=torch.tensor([1, 10, 2]), impl="triton", reduction="none")
+    assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+
+
+def test_fused_mode_refuses_second_backward():
+    z = torch.randn(4, 10, requires_grad=True)
+    out = triton_soft_target_cross_entropy(validate_inputs(z, y_a=torch.tensor([1, 2, 3, 4])), grad_mode="fused")
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.backward()
+
+
+def test_no_grad_forward_allocates_no_gradient():
+    p = tk.prepare(torch.randn(3, 10), torch.tensor([0, 1, 2]), None, None, 1.0, None, None, None, 1.0, False)
+    loss, lse, mass, grad = tk.forward(p)
+    assert grad is None
+    torch.testing.assert_close(lse, torch.logsumexp(p.logits, 1))
+    torch.testing.assert_close(mass, torch.ones(3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+def test_matches_reference_large(kind):
+    z, kw = make_case(513, 8142, kind, ("w", "b", "T"), seed=8142)
+    compare(z, kw, grad_mode="recompute", reduction="mean")

@@ -167,8 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-source-mb", type=float, default=None,
                    help="skip configs whose uint8 sources exceed this (default 200 on CPU, none on CUDA)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 gives stable numbers on a shared machine)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     dtypes = args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32")
     max_mb = args.max_source_mb if args.max_source_mb is not None else (200.0 if device.type == "cpu" else 1e12)

@@ -369,6 +369,8 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict:
         if "stopped_at_epoch" in result.summary:
             break
         scfg = stage_config(cfg, i)
+        if "init_from" not in stage.overrides.get("model", {}):
+            scfg.model.init_from = None  # the stage starts from the previous stage's model
         result = Trainer(scfg, root / stage.name, previous_model=result.model, resume=resume).fit()
         summaries.append(result.summary)
     out = dict(summaries[-1])

@@ -219,6 +219,7 @@ class _Step:
     labels: np.ndarray
     stream: np.ndarray
     paths: list[str] = field(default_factory=list)
+    skipped: int = 0  # rows dropped from this step (unreadable files); counted when delivered
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,7 +401,6 @@ class DaliLoader(LoaderBackend):
     def _read(self, idx: int) -> tuple[np.ndarray | None, tuple[int, int]]:
         path = self.dataset.paths[idx]
         if idx in self._bad:
-            self.skipped_rows += 1
             return None, (0, 0)
         try:
             data = np.fromfile(path, dtype=np.uint8)
@@ -414,7 +414,6 @@ class DaliLoader(LoaderBackend):
 
     def _bad_file(self, idx: int, why: str):
         self._mark_bad(idx, why)
-        self.skipped_rows += 1
         return None, (0, 0)
 
     def _mark_bad(self, idx: int, why: str) -> None:
@@ -470,11 +469,12 @@ class DaliLoader(LoaderBackend):
             views = [vp.take(keep) for vp in views]
             idx, stream = idx[keep], stream[keep]
             datas = [datas[i] for i in keep]
-        if len(idx) == 0:
+        if len(idx) == 0:  # never delivered: count its rows here
+            self.skipped_rows += len(ok)
             return None
         labels = self.dataset.labels[idx]
         return _Step(step, datas, views, idx.astype(np.int64), labels.astype(np.int64), stream.astype(np.int64),
-                     [self.dataset.paths[i] for i in idx])
+                     [self.dataset.paths[i] for i in idx], int((~ok).sum()))
 
     def _producer(self, steps: list[tuple[int, slice]], out: queue.Queue, stop: threading.Event) -> None:
         try:
@@ -558,6 +558,7 @@ class DaliLoader(LoaderBackend):
                     self._pipe = None  # DALI invalidates a pipeline after an operator error
                     self._handle_failure(exc)
                 st = self._source.in_flight.popleft()
+                self.skipped_rows += st.skipped  # counted on delivery: a restarted step is not counted twice
                 yield self._to_batch(outs, st)
                 self.position = st.step + 1
         finally:

@@ -9,11 +9,19 @@ images an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fasttrain.data.index import DatasetError, LTDataset
 from fasttrain.loaders.base import Batch, LoaderBackend, batch_slices, steps_per_epoch
+
+
+# torchvision 0.29 deprecates its JPEG codecs in favour of TorchCodec, but decode_jpeg is the
+# fast path measured for this loader (and needs no extra dependency): mute that one notice.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 
 def build_transform(augment, train: bool, is_file_dataset: bool):

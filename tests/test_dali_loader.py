@@ -329,6 +329,19 @@ def test_skip_corrupt_skips_and_counts(corpus, tmp_path, kind):
     assert ld.skipped == [bad] and ld.skipped_rows == 2
 
 
+def test_skip_counts_each_row_once_across_a_pipeline_restart(corpus, tmp_path):
+    # A DALI-level failure (index 5, step 1) rebuilds the pipeline and re-reads the steps in
+    # flight, including step 2 whose file (index 9) is missing: still one count per bad row.
+    ds, bad_scan = _with_bad(corpus, tmp_path, "bad_scan")
+    paths = list(ds.paths)
+    paths[9] = str(tmp_path / "missing.jpg")
+    ds = dataclasses.replace(ds, paths=paths)
+    ld = _loader(ds, None, train=False, bs=4, skip_corrupt=True)
+    idx = torch.cat([b.index for b in ld]).tolist()
+    assert idx == [i for i in range(len(ds)) if i not in (5, 9)]
+    assert sorted(ld.skipped) == sorted([bad_scan, paths[9]]) and ld.skipped_rows == 2
+
+
 def test_in_memory_dataset_rejected():
     ds = LTDataset("mem", 2, np.array([0, 1]), np.array([1, 1]), images=np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="loader.backend=tensor"):

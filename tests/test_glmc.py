@@ -357,8 +357,8 @@ CIFAR_ROOT = Path("/work/data")
 
 
 def _short_run_config(tmp_path: Path):
-    """The CIFAR-10-LT ρ=100 +MaxNorm config shrunk to seconds: standard ResNet-32, 16 rows per
-    stream, 5 steps x 3 epochs per stage. Real CIFAR-10 when present, else the synthetic corpus."""
+    """The CIFAR-10-LT ρ=100 +MaxNorm config shrunk to seconds: standard ResNet-32, 32 rows per
+    stream (GLMC), 5 steps x 3 (GLMC) and 2 (MaxNorm) epochs. Real CIFAR-10 when present, else the synthetic corpus."""
     cfg_path = CONFIGS[0].parent / "cifar10_lt_r100_maxnorm.yaml"
     real = (CIFAR_ROOT / "cifar-10-batches-py" / "data_batch_1").is_file()
     data = ([f"data.root={CIFAR_ROOT}"] if real else
@@ -366,8 +366,8 @@ def _short_run_config(tmp_path: Path):
              f"data.root={tmp_path / 'synthetic'}"])
     over = data + [
         f"out_dir={tmp_path}", "device=cpu", "model.arch=resnet32", "loader.backend=torch",
-        "loader.num_workers=0", "loader.batch_size=16", "loader.eval_batch_size=250", "train.epochs=3",
-        "train.max_steps_per_epoch=5", "train.log_every=5", "train.eval_every=100", "optim.lr=0.05",
+        "loader.num_workers=0", "loader.batch_size=32", "loader.eval_batch_size=250", "train.epochs=3",
+        "train.max_steps_per_epoch=5", "train.log_every=5", "train.eval_every=100", "optim.lr=0.01",
     ]
     cfg = load_config(cfg_path, over)
     cfg.stages[0].overrides.update(train={"epochs": 2, "max_steps_per_epoch": 5},

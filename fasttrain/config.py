@@ -81,6 +81,10 @@ class LoaderConfig:
     dali_threads: int = 4
     dali_prefetch: int = 2
     skip_corrupt: bool = False  # dali: skip and count unreadable JPEGs instead of failing
+    dali_normalize: bool = False  # dali, 1 view, no mixing: normalised float straight from DALI
+    dali_roi_decode: bool = True  # dali, 1-view training: decode only the crop window
+    dali_antialias: bool = True  # antialiased downscaling like torchvision (false: faster on CPU)
+    dali_reader_thread: bool = True  # read file bytes in a background thread
     mix_impl: str = "auto"  # auto | triton | torch (fused mix kernel dispatch)
 
 
@@ -175,7 +179,8 @@ CHOICES = {
 
 POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "train.epochs", "loader.class_aware_k",
             "train.log_every", "train.eval_every", "train.save_every", "augment.crop_size",
-            "augment.eval_resize", "loader.dali_threads", "loader.prefetch_factor"}
+            "augment.eval_resize", "loader.dali_threads", "loader.prefetch_factor",
+            "loader.dali_prefetch"}
 NON_NEGATIVE = {"optim.lr", "optim.weight_decay", "optim.momentum", "loader.num_workers",
                 "schedule.warmup_epochs", "augment.crop_padding", "augment.color_jitter",
                 "schedule.min_lr"}

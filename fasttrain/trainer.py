@@ -286,6 +286,8 @@ class Trainer:
         out.update({"lr": lr, "img_per_s": rate["img_per_s"], "data_wait_frac": rate["data_wait_frac"],
                     "steps": step - start_step})
         out["train_loss"] = out.get("loss", float("nan"))
+        if hasattr(self.train_loader, "skipped"):  # DALI skip_corrupt: files dropped so far
+            out["skipped_files"] = len(self.train_loader.skipped)
         return out
 
     def evaluate(self) -> dict:

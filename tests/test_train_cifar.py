@@ -66,3 +66,36 @@ def test_cli_info():
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["versions"]["torch"].startswith("2.14.1") and "ce" in info["methods"]
+
+
+def test_sigterm_mid_epoch_then_resume_is_bit_exact(cifar10_root, tmp_path):
+    """A stop request in the middle of epoch 1 saves last.pt with the loader position; the
+    resumed run ends with exactly the weights of an uninterrupted run."""
+    from fasttrain.trainer import Trainer
+
+    ov = ["train.epochs=2", "train.max_steps_per_epoch=6", "train.eval_every=5", "loader.num_workers=0",
+          f"data.root={cifar10_root}", "device=cpu", "loader.batch_size=32"]
+    cfg = load_config(CONFIG, ov)
+    ref = Trainer(cfg, tmp_path / "ref")
+    ref.fit()
+
+    cut = Trainer(cfg, tmp_path / "cut")
+    original = cut.method.after_step
+
+    def stop_at_step_3_of_epoch_1(model, progress):
+        original(model, progress)
+        if progress.epoch == 1 and progress.step == 2:
+            cut._stop_requested = True
+
+    cut.method.after_step = stop_at_step_3_of_epoch_1
+    import pytest
+
+    with pytest.raises(SystemExit):
+        cut.fit()
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1 and state["loader"]["position"] == 3
+
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True)
+    resumed.fit()
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from fasttrain.benchmarking import describe_device, emit_json
 
 from fasttrain import augment as A
 from fasttrain.data.index import IMAGENET_MEAN, IMAGENET_STD
@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
                 results.extend(bench_config(b, size, dtype, device, args, peak, copy_bw))
     out = {
         "benchmark": "augment",
-        "device": dev_name if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, "
-                                                          f"{torch.get_num_threads()} threads, "
-                                                          f"loadavg {os.getloadavg()[0]:.1f})",
+        "device": describe_device(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": __import__("torchvision").__version__,
                      "triton": __import__("triton").__version__ if triton_available() else None},
@@ -203,12 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
                   ">=70% HBM bandwidth) are to be measured in a GPU session") if device.type != "cuda" else "",
         "results": results,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    return out
+    return emit_json(out, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from fasttrain.benchmarking import describe_device, emit_json
 
 from fasttrain.config import AugmentConfig, LoaderConfig
 from fasttrain.data.cifar import lt_counts
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     by = {r["config"]: r for r in results}
     out = {
         "benchmark": "glmc_step",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.1f})",
+        "device": describe_device(device),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "setup": {"dataset": "synthetic CIFAR-10-LT (rho 100, 12406 images)", "model": "resnet32 GLMC net",
                   "batch_rows": args.batch, "streams": 2, "views": 2, "dtype": str(dtype).replace("torch.", ""),
@@ -169,12 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                                               / by["torch_backend_data_only"]["samples_per_s"]),
         "results": results,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    return out
+    return emit_json(out, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fasttrain.benchmarking import emit_json
 
 from fasttrain.config import AugmentConfig, LoaderConfig
 from fasttrain.data.index import LTDataset
@@ -228,12 +229,7 @@ def main(argv=None) -> dict:
                      "dali": dali_version, "python": platform.python_version()},
         "results": results,
     }
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    return out
+    return emit_json(out, args.out, indent=1)
 
 
 if __name__ == "__main__":

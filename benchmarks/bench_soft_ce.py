@@ -34,6 +34,8 @@ from typing import Callable, Optional
 
 import torch
 
+from fasttrain.benchmarking import emit_json
+
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.kernels.soft_ce.function import triton_soft_target_cross_entropy
 from fasttrain.kernels.soft_ce.reference import validate_inputs
@@ -187,12 +189,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 row = run_config(B, C, dtype, device, scenario, impls, args.reps, iters)
                 report["results"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return report
+    return emit_json(report, str(args.out) if args.out else None)
 
 
 if __name__ == "__main__":

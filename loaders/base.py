@@ -63,6 +63,28 @@ class Batch:
 class LoaderBackend:
     """Interface; concrete backends live beside this file and register in `BACKENDS`."""
 
+    def _init_streams(self, dataset, samplers, batch_size: int) -> None:
+        """Shared set-up: one sampler per stream (None = sequential eval order), the per-stream
+        rows of a step, and the epoch/step bookkeeping every backend keeps."""
+        self.dataset = dataset
+        self.samplers = list(samplers) if samplers else []
+        self.num_streams = max(1, len(self.samplers))
+        if batch_size % self.num_streams:
+            raise ValueError(f"loader.batch_size {batch_size} must be divisible by the {self.num_streams} streams")
+        self.stream_batch = batch_size // self.num_streams
+        self.epoch = 0
+        self.position = 0  # steps already delivered this epoch (mid-epoch resume)
+
+    def epoch_orders(self, epoch: int) -> list[torch.Tensor]:
+        """Per stream, this rank's dataset indices for `epoch` (int64, CPU)."""
+        if not self.samplers:
+            return [torch.arange(len(self.dataset))]
+        orders = []
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+            orders.append(torch.as_tensor(sampler.order(epoch), dtype=torch.long))
+        return orders
+
     def __len__(self) -> int:  # steps per epoch
         raise NotImplementedError
 

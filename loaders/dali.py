@@ -266,13 +266,8 @@ class DaliLoader(LoaderBackend):
         if train and augment.train == "cifar":
             raise ValueError("augment.train=cifar (pad-crop) is for in-memory 32x32 datasets; the dali "
                              "backend supports augment.train=imagenet or none")
-        self.dataset = dataset
-        self.samplers = list(samplers) if samplers else []
-        self.num_streams = max(1, len(self.samplers))
-        if batch_size % self.num_streams:
-            raise ValueError(f"loader.batch_size {batch_size} must be divisible by the {self.num_streams} streams")
+        self._init_streams(dataset, samplers, batch_size)
         self.batch_size = batch_size
-        self.stream_batch = batch_size // self.num_streams
         self.num_views = num_views
         self.device = torch.device(device)
         self.augment = augment
@@ -371,12 +366,7 @@ class DaliLoader(LoaderBackend):
         if epoch != self.epoch:
             self.position = 0
         self.epoch = epoch
-        if self.samplers:
-            for s in self.samplers:
-                s.set_epoch(epoch)
-            self._orders = [s.order(epoch) for s in self.samplers]
-        else:
-            self._orders = [torch.arange(len(self.dataset))]
+        self._orders = self.epoch_orders(epoch)
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self._orders[0]), self.stream_batch, self.drop_last)

@@ -45,17 +45,12 @@ class TensorLoader(LoaderBackend):
         if batch_size <= 0 or num_views <= 0:
             raise ValueError(f"tensor loader: batch_size and num_views must be > 0, "
                              f"got {batch_size}, {num_views}")
-        num_streams = max(1, len(samplers) if samplers else 0)
-        if batch_size % num_streams:
-            raise ValueError(f"loader.batch_size {batch_size} must be divisible by the {num_streams} streams")
         if train and augment.train not in SUPPORTED_AUGMENT:
             raise ValueError(f"augment.train={augment.train!r} is not supported by loader.backend=tensor "
                              f"(choose from {list(SUPPORTED_AUGMENT)}, or use the torch/dali backend)")
         self.device = torch.device(device)
-        self.dataset = dataset
-        self.samplers = list(samplers) if samplers else []
+        self._init_streams(dataset, samplers, batch_size)
         self.batch_size = batch_size  # rows per step over all streams (as the torch backend)
-        self.stream_batch = batch_size // num_streams
         self.num_views = num_views
         self.train = train
         self.seed = seed
@@ -66,25 +61,14 @@ class TensorLoader(LoaderBackend):
         # One copy of the data on the device, physically NHWC.
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         self.labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(self.device)
-        self.num_streams = num_streams
-        self.epoch: int | None = None
-        self.step = 0  # next step of the current epoch (for mid-epoch resume)
+        self.epoch: int | None = None  # set lazily: the first set_epoch lays out the epoch
 
     # --- epoch layout --------------------------------------------------------------------
-    def _orders(self, epoch: int) -> list[torch.Tensor]:
-        if not self.samplers:
-            return [torch.arange(len(self.dataset))]
-        orders = []
-        for sampler in self.samplers:
-            sampler.set_epoch(epoch)
-            orders.append(torch.as_tensor(sampler.order(epoch), dtype=torch.long))
-        return orders
-
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.step = 0
+            self.position = 0
         self.epoch = epoch
-        orders = self._orders(epoch)
+        orders = self.epoch_orders(epoch)
         n0 = len(orders[0])
         if n0 == 0:
             raise ValueError("tensor loader: the first sampler's order is empty")
@@ -132,18 +116,18 @@ class TensorLoader(LoaderBackend):
     def __iter__(self):
         if self.epoch is None:
             self.set_epoch(0)
-        while self.step < self.num_steps:
-            batch = self._batch(self.step)
-            self.step += 1
+        while self.position < self.num_steps:
+            batch = self._batch(self.position)
+            self.position += 1
             for sampler in self.samplers:
-                sampler.position = min(self.step * self.stream_batch, len(sampler))
+                sampler.position = min(self.position * self.stream_batch, len(sampler))
             yield batch
-        self.step = 0
+        self.position = 0
 
     # --- resume --------------------------------------------------------------------------
     def state_dict(self) -> dict:
         # Same keys as the torch backend, so a run may resume with either backend's state.
-        return {"epoch": self.epoch, "position": self.step, "seed": self.seed}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
@@ -151,4 +135,4 @@ class TensorLoader(LoaderBackend):
         epoch = state.get("epoch")
         if epoch is not None:
             self.set_epoch(int(epoch))
-            self.step = int(state.get("position", 0))
+            self.position = int(state.get("position", 0))

@@ -123,20 +123,12 @@ def _collate(items):
 class TorchLoader(LoaderBackend):
     def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
                  augment, loader, train: bool, seed: int = 0):
-        self.dataset = dataset
-        self.samplers = list(samplers) if samplers else []
-        self.num_streams = max(1, len(self.samplers))
-        if batch_size % self.num_streams:
-            raise ValueError(f"loader.batch_size {batch_size} must be divisible by the {self.num_streams} streams")
-        self.stream_batch = batch_size // self.num_streams
+        self._init_streams(dataset, samplers, batch_size)
         self.device = torch.device(device)
         self.drop_last = loader.drop_last if train else False
         self.views = _ViewsDataset(dataset, build_transform(augment, train, dataset.paths is not None),
                                    num_views, seed)
         self.loader_cfg = loader
-        self.epoch = 0
-        self.position = 0  # steps already taken this epoch (mid-epoch resume)
-        self._orders: list[torch.Tensor] = []
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,12 +136,7 @@ class TorchLoader(LoaderBackend):
             self.position = 0
         self.epoch = epoch
         self.views.epoch = epoch
-        if self.samplers:
-            for s in self.samplers:
-                s.set_epoch(epoch)
-            self._orders = [s.order(epoch) for s in self.samplers]
-        else:
-            self._orders = [torch.arange(len(self.dataset))]
+        self._orders = self.epoch_orders(epoch)
 
     def __len__(self) -> int:
         return steps_per_epoch(len(self._orders[0]), self.stream_batch, self.drop_last)

@@ -17,6 +17,9 @@ collect_ignore_glob = [] if os.environ.get("TRITON_INTERPRET") == "1" else ["*_t
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (deselected by default)")
     config.addinivalue_line("markers", "slow: long-running (deselected by default)")
+    # torchvision 0.29 deprecates its JPEG codecs (TorchCodec supersedes them); we use them on purpose.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,6 @@
 """Sampler class frequencies (statistical tests, fixed seeds) and sharding/resume contracts."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,13 +13,11 @@ LABELS = torch.repeat_interleave(torch.arange(10), torch.tensor(COUNTS))
 
 
 def chi2_pvalue(observed, expected):
-    from math import exp
-
     stat = float(((observed - expected) ** 2 / expected).sum())
     dof = len(observed) - 1
     # Wilson-Hilferty approximation of the chi-square upper tail (no scipy dependency).
     z = ((stat / dof) ** (1 / 3) - (1 - 2 / (9 * dof))) / (2 / (9 * dof)) ** 0.5
-    return 0.5 * (1 - __import__("math").erf(z / 2**0.5))
+    return 0.5 * (1 - math.erf(z / 2**0.5))
 
 
 @pytest.mark.parametrize("kind,q,expected_fn", [

@@ -1,0 +1,150 @@
+"""LDAM-DRW (Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
+Loss", NeurIPS 2019), as its official code (kaidic/LDAM-DRW) runs it.
+
+- Margins: m_c ∝ n_c^{-1/4}, rescaled so that max_c m_c = `max_margin` (0.5).
+- Loss: L = CE(s·(z − m_y·e_y), y; weight w) with s = `scale` (30) and z the logits of a
+  cosine ("NormedLinear") classifier: z_c = cos(f, W_c), no bias (`normed_classifier`).
+  Through the fused soft-label CE this is `logit_offset = −m_y·e_y` (a per-sample (B, C) offset
+  that only touches the true class) with `temperature = 1/s`: (z + b)/T = s·(z − m_y·e_y).
+- Re-weighting (`reweight`):
+    none — w = 1;
+    drw  — deferred re-weighting: w = 1 for epochs < `drw_start` (0-indexed; the code's
+           `epoch // 160` with betas [0, 0.9999]), then the class-balanced weights below;
+    cb   — the class-balanced weights from the first epoch (the code's "Reweight" rule).
+  Class-balanced weights (Cui et al., effective number): w_c = (1 − β)/(1 − β^{n_c}), β =
+  `cb_beta` (0.9999), normalised to sum to C.
+- Reduction: the code calls F.cross_entropy(weight=w), i.e. the WEIGHTED MEAN
+  Σ_i w_{y_i}·l_i / Σ_i w_{y_i}. The fused loss never renormalises weights, so this file asks it
+  for the weighted sum and divides by Σ_i w_{y_i} itself (`weighted_mean: true`, default);
+  `weighted_mean: false` divides by the batch size instead (the larger effective step size that
+  the un-normalised form gives; not what the code does).
+- Test time: s·z (no margin). The code evaluates z itself; the argmax is the same, and the
+  scale keeps the softmax probabilities the trainer reports on the trained temperature.
+
+With `max_margin: 0, scale: 1, normed_classifier: false` this is plain CE with the same
+re-weighting switches (the code's CE-DRW / CE-Reweight baselines).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fasttrain.augment import normalize_views
+from fasttrain.kernels.soft_ce import soft_target_cross_entropy
+from fasttrain.methods.base import Method, MethodConfig, Progress
+from fasttrain.methods.maxnorm import effective_number_weights  # Cui et al.'s CB weights, sum C
+from fasttrain.models import Classifier
+
+REWEIGHTS = ("none", "drw", "cb")
+
+
+@dataclass
+class LDAMDRWConfig(MethodConfig):
+    name: str = "ldam_drw"
+    max_margin: float = 0.5  # largest margin (the rarest class's); 0 disables the margin
+    scale: float = 30.0  # s multiplying the (cosine) logits inside the loss
+    normed_classifier: bool = True  # cosine head without bias (code: use_norm for LDAM)
+    reweight: str = "drw"  # none | drw | cb
+    drw_start: int = 160  # first 0-indexed epoch with class-balanced weights (reweight: drw)
+    cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
+    weighted_mean: bool = True  # divide by Σ w_y as F.cross_entropy(weight=) does (code)
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.max_margin) and self.max_margin >= 0):
+            raise ValueError(f"method.max_margin: expected a finite value >= 0, got {self.max_margin!r}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"method.scale: expected a finite value > 0, got {self.scale!r}")
+        if self.reweight not in REWEIGHTS:
+            raise ValueError(f"method.reweight: expected one of {list(REWEIGHTS)}, got {self.reweight!r}")
+        if self.drw_start < 0:
+            raise ValueError(f"method.drw_start: expected an epoch >= 0, got {self.drw_start!r}")
+        if not 0.0 <= self.cb_beta < 1.0:
+            raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
+
+
+def ldam_margins(counts: torch.Tensor, max_margin: float) -> torch.Tensor:
+    """m_c = n_c^{-1/4} · max_margin / max_k n_k^{-1/4}, fp32 (float64 arithmetic as the code's
+    numpy). An empty class is treated as n_c = 1 (the largest margin) instead of dividing by 0."""
+    m = counts.double().clamp_min(1).pow(-0.25)
+    return (m * (max_margin / m.max())).float()
+
+
+def margin_offset(labels: torch.Tensor, margins: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, C) fp32 offset that is −m_{y_i} at (i, y_i) and 0 elsewhere."""
+    idx = labels.long()[:, None]  # scatter_ wants int64 indices; loaders may hand int32 labels
+    offset = torch.zeros(labels.shape[0], num_classes, dtype=torch.float32, device=labels.device)
+    return offset.scatter_(1, idx, -margins[idx])
+
+
+class NormedLinear(nn.Module):
+    """Cosine classifier: out_ic = cos(x_i, W_c), no bias. W is (C, d) like nn.Linear's weight.
+
+    Init as the LDAM code's NormedLinear: entries U(−1, 1), then every class vector rescaled to
+    unit norm. The product runs in fp32 with autocast off: under bf16 the cosines would carry
+    ~3 significant digits, and the loss multiplies them by s = 30.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        with torch.no_grad():
+            self.weight.uniform_(-1.0, 1.0)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.normalize(x.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).t()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class LDAMDRW(Method):
+    name = "ldam_drw"
+    config_class = LDAMDRWConfig
+    num_views = 1
+
+    def __init__(self, cfg: LDAMDRWConfig, ctx):
+        super().__init__(cfg, ctx)
+        self.margins = ldam_margins(ctx.train_counts, cfg.max_margin).to(ctx.device)
+        self.cb_weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
+
+    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
+        if previous is not None:
+            raise ValueError("method ldam_drw: single-stage method, cannot continue from a previous "
+                             "stage's model (use model.init_from to start from a checkpoint)")
+        model = Classifier(backbone, self.ctx.num_classes)
+        if self.cfg.normed_classifier:
+            model.fc = NormedLinear(backbone.feature_dim, self.ctx.num_classes)
+        return model
+
+    def class_weights_at(self, epoch: int) -> torch.Tensor | None:
+        """The per-class loss weights of 0-indexed `epoch` (None = all ones)."""
+        rw = self.cfg.reweight
+        if rw == "cb" or (rw == "drw" and epoch >= self.cfg.drw_start):
+            return self.cb_weights
+        return None
+
+    def loss(self, model, batch, progress: Progress):
+        cfg, ctx = self.cfg, self.ctx
+        (x,) = normalize_views(batch, ctx.mean, ctx.std, ctx.compute_dtype, ctx.mix_impl)
+        logits = model(x)
+        y = batch.labels
+        offset = margin_offset(y, self.margins, ctx.num_classes) if cfg.max_margin > 0 else None
+        weights = self.class_weights_at(progress.epoch)  # host-side decision: no device sync
+        kwargs = dict(y_a=y, logit_offset=offset, temperature=1.0 / cfg.scale, impl=ctx.loss_impl)
+        if weights is not None and cfg.weighted_mean:
+            loss = soft_target_cross_entropy(logits, class_weights=weights, reduction="sum", **kwargs)
+            loss = loss / y.shape[0]
+        else:
+            loss = soft_target_cross_entropy(logits, class_weights=weights, **kwargs)
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model(x).float() * self.cfg.scale  # no margin at test; scale keeps the trained softmax

@@ -1,0 +1,71 @@
+"""Logit Adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021).
+
+Two forms, chosen by `posthoc`:
+- loss (default, `posthoc: false`): the logit-adjusted loss
+      L = CE(z + τ·log π, y),   π_c = n_c / N (training label prior)
+  and plain logits z at test time;
+- post-hoc (`posthoc: true`): train with plain CE, predict with z − τ·log π.
+τ = 1 is the paper's default (and the Bayes-optimal choice for the balanced error). The
+offset goes through the fused soft-label CE as a per-class `logit_offset`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from fasttrain.augment import normalize_views
+from fasttrain.kernels.soft_ce import soft_target_cross_entropy
+from fasttrain.methods.base import Method, MethodConfig, Progress
+from fasttrain.models import Classifier
+
+
+@dataclass
+class LogitAdjustConfig(MethodConfig):
+    name: str = "logit_adjust"
+    tau: float = 1.0  # τ scaling the log prior
+    # false: logit-adjusted loss, plain logits at test; true: plain CE, adjusted logits at test.
+    posthoc: bool = False
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.tau) and self.tau >= 0):
+            raise ValueError(f"method.tau: expected a finite value >= 0, got {self.tau!r}")
+
+
+def log_prior(counts: torch.Tensor) -> torch.Tensor:
+    """log π_c = log(n_c / N) as fp32 (float64 arithmetic). n_c = 0 is treated as 1 so an unseen
+    class gets a finite (very negative) prior rather than −inf."""
+    n = counts.double().clamp_min(1)
+    return (n / n.sum()).log().float()
+
+
+class LogitAdjust(Method):
+    name = "logit_adjust"
+    config_class = LogitAdjustConfig
+    num_views = 1
+
+    def __init__(self, cfg: LogitAdjustConfig, ctx):
+        super().__init__(cfg, ctx)
+        self.offset = (cfg.tau * log_prior(ctx.train_counts)).to(ctx.device)  # τ·log π, (C,)
+
+    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
+        if previous is not None:
+            raise ValueError("method logit_adjust: single-stage method, cannot continue from a previous "
+                             "stage's model (use model.init_from to start from a checkpoint)")
+        return Classifier(backbone, self.ctx.num_classes)
+
+    def loss(self, model, batch, progress: Progress):
+        (x,) = normalize_views(batch, self.ctx.mean, self.ctx.std, self.ctx.compute_dtype, self.ctx.mix_impl)
+        logits = model(x)
+        offset = None if self.cfg.posthoc else self.offset
+        loss = soft_target_cross_entropy(logits, y_a=batch.labels, logit_offset=offset, impl=self.ctx.loss_impl)
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        if self.cfg.posthoc:
+            return logits.float() - self.offset  # fp32: the adjustment is a few units of logit
+        return logits

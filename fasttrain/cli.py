@@ -38,12 +38,6 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _cmd_data(args) -> int:
-    from fasttrain.data.download import main as data_main
-
-    return data_main(args.rest)
-
-
 def _cmd_info(args) -> int:
     from fasttrain.info import collect_info
 
@@ -68,14 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
     d = sub.add_parser("data", help="fetch or build datasets (cifar10, cifar100, synthetic, verify)",
                        add_help=False)
-    d.add_argument("rest", nargs=argparse.REMAINDER)
-    d.set_defaults(func=_cmd_data)
+    d.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.data.download.main
     i = sub.add_parser("info", help="versions, devices and usable optional backends/kernels")
     i.set_defaults(func=_cmd_info)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:  # `fasttrain data ...` has its own parser (and its own --help)
+        from fasttrain.data.download import main as data_main
+
+        return data_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command == "train" else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")

@@ -119,6 +119,11 @@ class Trainer:
         self.amp = amp_dtype(cfg, self.device)
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if self.world_size > 1:
+            # Samplers already shard by (rank, world_size), but gradients are not synchronised
+            # yet: refuse rather than train W independent models on W shards.
+            raise RuntimeError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not supported yet; "
+                               "run a single process")
         seed_everything(cfg.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)

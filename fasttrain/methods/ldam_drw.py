@@ -16,8 +16,8 @@ Loss", NeurIPS 2019), as its official code (kaidic/LDAM-DRW) runs it.
 - Reduction: the code calls F.cross_entropy(weight=w), i.e. the WEIGHTED MEAN
   Σ_i w_{y_i}·l_i / Σ_i w_{y_i}. The fused loss never renormalises weights, so this file asks it
   for the weighted sum and divides by Σ_i w_{y_i} itself (`weighted_mean: true`, default);
-  `weighted_mean: false` divides by the batch size instead (the larger effective step size that
-  the un-normalised form gives; not what the code does).
+  `weighted_mean: false` divides by the batch size instead (not what the code does; usually a
+  smaller step, since instance-sampled batches are head-heavy and so Σ_i w_{y_i} < B).
 - Test time: s·z (no margin). The code evaluates z itself; the argmax is the same, and the
   scale keeps the softmax probabilities the trainer reports on the trained temperature.
 
@@ -140,7 +140,7 @@ class LDAMDRW(Method):
         kwargs = dict(y_a=y, logit_offset=offset, temperature=1.0 / cfg.scale, impl=ctx.loss_impl)
         if weights is not None and cfg.weighted_mean:
             loss = soft_target_cross_entropy(logits, class_weights=weights, reduction="sum", **kwargs)
-            loss = loss / y.shape[0]
+            loss = loss / weights[y].sum()
         else:
             loss = soft_target_cross_entropy(logits, class_weights=weights, **kwargs)
         return loss, {"loss": loss.detach()}

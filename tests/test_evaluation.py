@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import torch
+
+from fasttrain.evaluation import accuracy_report, expected_calibration_error, plot_per_class
+
+
+def test_group_accuracy_is_mean_of_per_class_accuracies():
+    train_counts = np.array([500, 100, 20, 19])  # many, medium, medium (<20 rule), few
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 3, 3])
+    pred = torch.tensor([0, 1, 1, 1, 0, 3, 0, 0])
+    probs = torch.nn.functional.one_hot(pred, 4).float()
+    r = accuracy_report(probs, labels, train_counts)
+    assert r["top1"] == pytest.approx(100 * 4 / 8)
+    assert r["per_class"] == [50.0, 100.0, 0.0, pytest.approx(100 / 3, abs=1e-3)]
+    assert r["many"] == 50.0 and r["medium"] == 50.0 and r["few"] == pytest.approx(100 / 3)
+    assert (r["many_classes"], r["medium_classes"], r["few_classes"]) == (1, 2, 1)
+    glmc = accuracy_report(probs, labels, train_counts, few_shot_rule="<=20")
+    assert glmc["medium"] == 100.0 and glmc["few"] == pytest.approx(100 / 6)
+
+
+def test_ece_hand_computed():
+    # two bins used: confidence 0.9 (2 samples, 1 correct) and 0.6 (2 samples, 2 correct)
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6], [0.4, 0.6]])
+    labels = torch.tensor([0, 1, 1, 1])
+    expected = 0.5 * abs(0.9 - 0.5) + 0.5 * abs(0.6 - 1.0)
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+    perfect = torch.eye(3)
+    assert expected_calibration_error(perfect, torch.arange(3)) == pytest.approx(0.0)
+
+
+def test_plot_writes_png(tmp_path):
+    path = tmp_path / "acc.png"
+    plot_per_class([90.0, 50.0, 10.0], np.array([100, 10, 1]), path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

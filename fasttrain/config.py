@@ -68,7 +68,7 @@ class AugmentConfig:
 
 @dataclass
 class LoaderConfig:
-    backend: str = "torch"  # torch | tensor | dali | ffcv
+    backend: str = "torch"  # torch | tensor | dali
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 2
@@ -168,7 +168,7 @@ CHOICES = {
     "data.few_shot_rule": ["<20", "<=20"],
     "data.eval_split": ["test", "val"],
     "augment.train": ["cifar", "imagenet", "none"],
-    "loader.backend": ["torch", "tensor", "dali", "ffcv"],
+    "loader.backend": ["torch", "tensor", "dali"],
     "loader.sampler": ["instance", "class_balanced", "power", "class_aware", "sqrt"],
     "loader.mix_impl": ["auto", "triton", "torch"],
     "optim.name": ["sgd"],

@@ -82,6 +82,8 @@ def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path,
     ax2.plot(np.arange(len(counts)), counts, color="#dd8452", label="training images")
     ax2.set_yscale("log")
     ax2.set_ylabel("training images (log)")
+    ax.legend(ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0],
+              ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1], loc="upper right")
     ax.set_title(title or "per-class accuracy vs training count")
     fig.tight_layout()
     path = Path(path)

@@ -149,8 +149,7 @@ class Trainer:
         self.train_loader = build_loader(cfg.loader.backend, self.train_set, samplers,
                                          batch_size=per_stream * len(samplers), num_views=self.method.num_views,
                                          device=self.device, augment=aug, loader=cfg.loader, train=True, seed=cfg.seed)
-        eval_backend = "dali" if cfg.loader.backend == "dali" else ("tensor" if cfg.loader.backend == "tensor" else "torch")
-        self.eval_loader = build_loader(eval_backend, self.eval_set, None, batch_size=cfg.loader.eval_batch_size,
+        self.eval_loader = build_loader(cfg.loader.backend, self.eval_set, None, batch_size=cfg.loader.eval_batch_size,
                                         num_views=1, device=self.device, augment=aug, loader=cfg.loader,
                                         train=False, seed=cfg.seed)
 

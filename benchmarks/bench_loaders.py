@@ -18,7 +18,6 @@ over `--reps` reps and the speed-up of each median over the official loader's. U
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import statistics
@@ -34,16 +33,6 @@ from fasttrain.benchmarking import emit_json
 from fasttrain.config import AugmentConfig, LoaderConfig
 from fasttrain.data.index import LTDataset
 from fasttrain.samplers import build_sampler
-
-
-@dataclasses.dataclass
-class BenchLoaderConfig(LoaderConfig):
-    """LoaderConfig plus the optional dali_* fields (until they are in fasttrain.config)."""
-
-    dali_normalize: bool = False
-    dali_roi_decode: bool = True
-    dali_antialias: bool = True
-    dali_reader_thread: bool = True
 
 
 def load_corpus(root: str, num_classes: int, max_per_class: int) -> LTDataset:
@@ -177,7 +166,7 @@ def main(argv=None) -> dict:
     def dali(views, device="cpu", **opts):
         from fasttrain.loaders.dali import DaliLoader
 
-        cfg = BenchLoaderConfig(dali_threads=w, dali_prefetch=2, **opts)
+        cfg = LoaderConfig(dali_threads=w, dali_prefetch=2, **opts)
         return DaliLoader(ds, [sampler], batch_size=bs, num_views=views, device=device, augment=aug, loader=cfg,
                           train=True, seed=0)
 

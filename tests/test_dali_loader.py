@@ -52,19 +52,9 @@ def _aug(**kw) -> AugmentConfig:
     return AugmentConfig(train="imagenet", crop_size=64, eval_resize=73, **kw)
 
 
-@dataclasses.dataclass
-class _LoaderCfg(LoaderConfig):
-    """LoaderConfig plus the optional dali_* fields the backend reads with getattr."""
-
-    dali_normalize: bool = False
-    dali_roi_decode: bool = True
-    dali_antialias: bool = True
-    dali_reader_thread: bool = True
-
-
 def _loader(ds, samplers, *, views=1, train=True, bs=8, seed=0, aug=None, **cfg) -> DaliLoader:
     return DaliLoader(ds, samplers, batch_size=bs, num_views=views, device="cpu", augment=aug or _aug(),
-                      loader=_LoaderCfg(**{"dali_threads": 2, **cfg}), train=train, seed=seed)
+                      loader=LoaderConfig(**{"dali_threads": 2, **cfg}), train=train, seed=seed)
 
 
 def _sampler(ds, kind="instance", seed=0, **kw):
@@ -363,7 +353,7 @@ def test_mixed_decoder_batch_on_gpu(corpus):
         pytest.skip("needs CUDA")
     aug = _aug(color_jitter=0.4, grayscale_p=0.2, blur_p=0.5)
     ld = DaliLoader(corpus, [_sampler(corpus), _sampler(corpus, "class_balanced")], batch_size=8, num_views=2,
-                    device="cuda", augment=aug, loader=_LoaderCfg(), train=True, seed=0)
+                    device="cuda", augment=aug, loader=LoaderConfig(), train=True, seed=0)
     b = next(iter(ld))
     for v in b.views:
         assert v.is_cuda and v.dtype == torch.uint8 and v.is_contiguous(memory_format=torch.channels_last)
@@ -376,7 +366,7 @@ def test_mixed_decoder_matches_cpu_eval(corpus):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     g = DaliLoader(corpus, None, batch_size=8, num_views=1, device="cuda", augment=_aug(),
-                   loader=_LoaderCfg(), train=False)
+                   loader=LoaderConfig(), train=False)
     gv = torch.cat([b.views[0].cpu() for b in g]).float()
     cv = torch.cat([b.views[0] for b in _loader(corpus, None, train=False)]).float()
     # nvJPEG vs libjpeg-turbo IDCT/upsampling differ by a few levels at most
@@ -388,6 +378,6 @@ def test_gpu_normalized_single_view(corpus):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     ld = DaliLoader(corpus, [_sampler(corpus)], batch_size=8, num_views=1, device="cuda", augment=_aug(),
-                    loader=_LoaderCfg(dali_normalize=True), train=True, seed=0)
+                    loader=LoaderConfig(dali_normalize=True), train=True, seed=0)
     b = next(iter(ld))
     assert b.normalized and b.views[0].is_cuda and b.views[0].dtype == torch.float32

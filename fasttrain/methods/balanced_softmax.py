@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.augment import normalize_views
-from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress
+from fasttrain.methods.base import MethodConfig, refuse_previous_stage
+from fasttrain.methods.ce import CrossEntropy
 from fasttrain.models import Classifier
 
 
@@ -34,7 +33,7 @@ def log_count_offset(counts: torch.Tensor) -> torch.Tensor:
     return counts.double().clamp_min(1).log().float()
 
 
-class BalancedSoftmax(Method):
+class BalancedSoftmax(CrossEntropy):
     name = "balanced_softmax"
     config_class = BalancedSoftmaxConfig
     num_views = 1
@@ -42,19 +41,11 @@ class BalancedSoftmax(Method):
     def __init__(self, cfg: BalancedSoftmaxConfig, ctx):
         super().__init__(cfg, ctx)
         self.offset = log_count_offset(ctx.train_counts).to(ctx.device)
+        self.train_offset = self.offset  # CE's loss with logits + log n_c
 
     def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        if previous is not None:
-            raise ValueError("method balanced_softmax: single-stage method, cannot continue from a previous "
-                             "stage's model (use model.init_from to start from a checkpoint)")
+        refuse_previous_stage(self.name, previous)
         return Classifier(backbone, self.ctx.num_classes)
-
-    def loss(self, model, batch, progress: Progress):
-        (x,) = normalize_views(batch, self.ctx.mean, self.ctx.std, self.ctx.compute_dtype, self.ctx.mix_impl)
-        logits = model(x)
-        loss = soft_target_cross_entropy(logits, y_a=batch.labels, logit_offset=self.offset,
-                                         impl=self.ctx.loss_impl)
-        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,13 @@ class MethodContext:
     default_stream: StreamSpec | None = None  # from the loader config
 
 
+def refuse_previous_stage(method: str, previous: nn.Module | None) -> None:
+    """Single-stage (first-stage) methods build a fresh model: they cannot continue a stage."""
+    if previous is not None:
+        raise ValueError(f"method {method}: single-stage method, cannot continue from a previous stage's "
+                         "model (use model.init_from to start from a checkpoint)")
+
+
 class Method:
     """Base class; subclasses set `name`, `config_class` and implement `build_model` and `loss`."""
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from fasttrain.augment import mix_glmc, sample_mix
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec
+from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec, refuse_previous_stage
 from fasttrain.models import CifarResNet
 
 PREDICT_HEADS = ("fc_cb", "fc", "sum")
@@ -153,9 +153,7 @@ class GLMC(Method):
 
     def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
         cfg = self.cfg
-        if previous is not None:
-            raise ValueError("method glmc: cannot continue from a previous stage's model; GLMC is a "
-                             "first stage (use model.init_from to start from a checkpoint)")
+        refuse_previous_stage(self.name, previous)
         proj = cfg.proj_dim or default_proj_dim(backbone.feature_dim)
         kaiming = cfg.head_init == "kaiming" or (cfg.head_init == "auto" and isinstance(backbone, CifarResNet))
         return GLMCNet(backbone, self.ctx.num_classes, proj, cfg.separate_cb_head, kaiming)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from fasttrain.augment import normalize_views
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress
+from fasttrain.methods.base import Method, MethodConfig, Progress, refuse_previous_stage
 from fasttrain.methods.maxnorm import effective_number_weights  # Cui et al.'s CB weights, sum C
 from fasttrain.models import Classifier
 
@@ -115,9 +115,7 @@ class LDAMDRW(Method):
         self.cb_weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
 
     def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        if previous is not None:
-            raise ValueError("method ldam_drw: single-stage method, cannot continue from a previous "
-                             "stage's model (use model.init_from to start from a checkpoint)")
+        refuse_previous_stage(self.name, previous)
         model = Classifier(backbone, self.ctx.num_classes)
         if self.cfg.normed_classifier:
             model.fc = NormedLinear(backbone.feature_dim, self.ctx.num_classes)

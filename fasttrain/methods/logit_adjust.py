@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.augment import normalize_views
-from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress
+from fasttrain.methods.base import MethodConfig, refuse_previous_stage
+from fasttrain.methods.ce import CrossEntropy
 from fasttrain.models import Classifier
 
 
@@ -41,7 +40,7 @@ def log_prior(counts: torch.Tensor) -> torch.Tensor:
     return (n / n.sum()).log().float()
 
 
-class LogitAdjust(Method):
+class LogitAdjust(CrossEntropy):
     name = "logit_adjust"
     config_class = LogitAdjustConfig
     num_views = 1
@@ -49,19 +48,12 @@ class LogitAdjust(Method):
     def __init__(self, cfg: LogitAdjustConfig, ctx):
         super().__init__(cfg, ctx)
         self.offset = (cfg.tau * log_prior(ctx.train_counts)).to(ctx.device)  # τ·log π, (C,)
+        # CE's loss with logits + τ·log π, or plain CE when the adjustment is post-hoc.
+        self.train_offset = None if cfg.posthoc else self.offset
 
     def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        if previous is not None:
-            raise ValueError("method logit_adjust: single-stage method, cannot continue from a previous "
-                             "stage's model (use model.init_from to start from a checkpoint)")
+        refuse_previous_stage(self.name, previous)
         return Classifier(backbone, self.ctx.num_classes)
-
-    def loss(self, model, batch, progress: Progress):
-        (x,) = normalize_views(batch, self.ctx.mean, self.ctx.std, self.ctx.compute_dtype, self.ctx.mix_impl)
-        logits = model(x)
-        offset = None if self.cfg.posthoc else self.offset
-        loss = soft_target_cross_entropy(logits, y_a=batch.labels, logit_offset=offset, impl=self.ctx.loss_impl)
-        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,67 +1,31 @@
-"""The contract every loader backend honours.
+"""The loader backend interface: what every backend class provides, and shared bookkeeping.
 
 A backend is built from (dataset, sampler(s), batch size, views, device). Iterating it gives
-`Batch` objects whose tensors are already on the training device:
-
-- `views`: one uint8 tensor per augmented view, logical shape (B, 3, H, W) in
-  `torch.channels_last` memory format — i.e. physically NHWC, which is what the fused mix
-  kernel and DALI/FFCV produce. Normalisation (and mixing) happens on the device afterwards
-  in `fasttrain.augment`.
-- `labels`: int64 (B,).
-- `stream`: int64 (B,) stream id. Multi-stream methods (GLMC: uniform + re-sampled) get ONE
-  batch whose rows are stream-major: rows [s*b, (s+1)*b) belong to stream s, b = B // streams.
-- `geometry`: per view, crop offsets / flip flags still to be applied on the device (the
-  tensor backend defers CIFAR crop+flip so the fused kernel does it in the same pass), or
-  None when the view is already cropped.
-- `index`: int64 dataset indices of the rows (for debugging and distribution tests).
-
-`len(loader)` is the number of steps per epoch; `set_epoch(e)` re-samples; the last partial
-batch is dropped or kept as configured. No host<->device sync inside a step beyond the copy.
+`fasttrain.batch.Batch` objects whose tensors are already on the training device (the batch
+contract is documented there). `len(loader)` is the number of steps per epoch; `set_epoch(e)`
+re-samples; the last partial batch is dropped or kept as configured. No host<->device sync
+inside a step beyond the copy.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
 
-@dataclass
-class Geometry:
-    """Deferred CIFAR-style geometry for one view: crop from the zero-padded image + flip.
-
-    `offsets[i] = (dy, dx)` is the top-left corner of the crop inside the image padded by
-    `padding` pixels on each side (0 <= dy, dx <= 2*padding); `flip[i]` mirrors horizontally
-    after cropping. Output size equals input size (RandomCrop(size, padding) semantics).
-    """
-
-    offsets: torch.Tensor  # int32/int64 (B, 2)
-    flip: torch.Tensor  # bool (B,)
-    padding: int
-
-
-@dataclass
-class Batch:
-    views: list[torch.Tensor]
-    labels: torch.Tensor
-    stream: torch.Tensor
-    num_streams: int = 1
-    geometry: list[Geometry | None] = field(default_factory=list)
-    index: torch.Tensor | None = None
-    # True when views are already normalised float (e.g. DALI with no mixing configured);
-    # then `fasttrain.augment.normalize_views` passes them through untouched.
-    normalized: bool = False
-
-    @property
-    def size(self) -> int:
-        return self.labels.shape[0]
-
-    def stream_rows(self, s: int) -> slice:
-        b = self.size // self.num_streams
-        return slice(s * b, (s + 1) * b)
-
-
 class LoaderBackend:
     """Interface; concrete backends live beside this file and register in `BACKENDS`."""
+
+    # What the backend can read: "arrays" (in-memory uint8 N×H×W×3 images, `dataset.images`)
+    # and/or "files" (image paths, `dataset.paths`). The conformance suite runs each backend on
+    # the dataset kinds it names here.
+    reads: ClassVar[tuple[str, ...]] = ("arrays", "files")
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        """(usable on this machine, one-line description) for `fasttrain info` and the tests.
+        Backends with optional dependencies override it without importing them eagerly."""
+        return True, "built in"
 
     def _init_streams(self, dataset, samplers, batch_size: int) -> None:
         """Shared set-up: one sampler per stream (None = sequential eval order), the per-stream

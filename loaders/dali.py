@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import Batch, LoaderBackend, batch_slices, steps_per_epoch
+from fasttrain.batch import Batch
+from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch
 
 log = logging.getLogger(__name__)
 

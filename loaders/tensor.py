@@ -18,9 +18,9 @@ import math
 import numpy as np
 import torch
 
-from fasttrain.augment import random_geometry
+from fasttrain.batch import Batch, Geometry, random_geometry
 
-from .base import Batch, Geometry, LoaderBackend, steps_per_epoch
+from .base import LoaderBackend, steps_per_epoch
 
 SUPPORTED_AUGMENT = ("cifar", "none")
 

@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import Batch, LoaderBackend, batch_slices, steps_per_epoch
+from fasttrain.batch import Batch
+from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch
 
 
 # torchvision 0.29 deprecates its JPEG codecs in favour of TorchCodec, but decode_jpeg is the

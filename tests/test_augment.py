@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 from fasttrain import augment as A
 from fasttrain.data.index import CIFAR10_MEAN, CIFAR10_STD
 from fasttrain.kernels.mix import reference as R
-from fasttrain.loaders.base import Batch, Geometry
+from fasttrain.batch import Batch, Geometry
 
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 

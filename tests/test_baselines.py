@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fasttrain.config import ConfigError, load_config
-from fasttrain.loaders.base import Batch
+from fasttrain.batch import Batch
 from fasttrain.methods import METHODS, MethodContext, Progress
 from fasttrain.methods.balanced_softmax import BalancedSoftmax, BalancedSoftmaxConfig
 from fasttrain.methods.ldam_drw import LDAMDRW, LDAMDRWConfig, NormedLinear, ldam_margins

@@ -13,7 +13,7 @@ import fasttrain.methods.glmc as G
 from fasttrain import augment as A
 from fasttrain.config import load_config, stage_config
 from fasttrain.kernels.mix import reference as R
-from fasttrain.loaders.base import Batch
+from fasttrain.batch import Batch
 from fasttrain.methods import METHODS, MethodContext, Progress
 from fasttrain.models import create_backbone
 

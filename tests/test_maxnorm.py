@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fasttrain.methods.maxnorm as M
-from fasttrain.loaders.base import Batch
+from fasttrain.batch import Batch
 from fasttrain.methods import MethodContext, Progress
 from fasttrain.methods.glmc import GLMC, GLMCConfig
 

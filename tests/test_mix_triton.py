@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from fasttrain import augment as A  # noqa: E402
 from fasttrain.data.index import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from fasttrain.kernels.mix import function as F  # noqa: E402
-from fasttrain.loaders.base import Batch  # noqa: E402
+from fasttrain.batch import Batch  # noqa: E402
 
 MEAN, STD = CIFAR100_MEAN, CIFAR100_STD  # std 0.2: the largest normalised magnitudes
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from fasttrain.kernels.mix.function import fused_mix, fused_normalize
-from fasttrain.loaders.base import Batch, Geometry
+from fasttrain.batch import Batch, Geometry, random_geometry  # noqa: F401
 
 IMPLS = ("auto", "triton", "torch")
 
@@ -91,20 +91,6 @@ def sample_mix(height: int, width: int, *, beta: float = 1.0, area_correct: bool
         y0, y1, x0, x1 = box
         lam_cut = 1.0 - (y1 - y0) * (x1 - x0) / float(height * width)
     return MixSpec(lam=lam, box=box, lam_cut=lam_cut)
-
-
-def random_geometry(n: int, padding: int, flip: bool, generator: torch.Generator | None,
-                    device: torch.device | str) -> Geometry:
-    """Per-sample crop offsets in [0, 2·padding] and flip flags (p = 0.5), drawn on `device`."""
-    if padding < 0:
-        raise ValueError(f"augment.crop_padding must be >= 0, got {padding}")
-    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=device,
-                            dtype=torch.int32)
-    if flip:
-        flips = torch.randint(0, 2, (n,), generator=generator, device=device, dtype=torch.uint8).bool()
-    else:
-        flips = torch.zeros(n, dtype=torch.bool, device=device)
-    return Geometry(offsets=offsets, flip=flips, padding=padding)
 
 
 def _check_impl(impl: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fasttrain.loaders.base import Geometry
+from fasttrain.batch import Geometry
 
 from . import reference
 

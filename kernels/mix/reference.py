@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fasttrain.loaders.base import Geometry
+from fasttrain.batch import Geometry
 
 
 def norm_coefficients(mean: Sequence[float], std: Sequence[float],

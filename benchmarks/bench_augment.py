@@ -34,6 +34,7 @@ import torch
 from fasttrain.benchmarking import describe_device, emit_json
 
 from fasttrain import augment as A
+from fasttrain.batch import random_geometry
 from fasttrain.data.index import IMAGENET_MEAN, IMAGENET_STD
 from fasttrain.kernels.mix.function import triton_available
 
@@ -92,7 +93,7 @@ def make_inputs(b: int, size: int, device: torch.device, seed: int):
     geos = [None, None]
     if size <= 64:
         gd = torch.Generator(device=device).manual_seed(seed)
-        geos = [A.random_geometry(n, 4, True, gd, device) for _ in range(2)]
+        geos = [random_geometry(n, 4, True, gd, device) for _ in range(2)]
     idx_a = torch.arange(b, device=device)
     idx_b = torch.arange(b, 2 * b, device=device)
     spec = A.sample_mix(size, size, generator=g)

@@ -1,9 +1,12 @@
 """On-device augmentation: deferred crop/flip, normalize, MixUp / CutMix.
 
 Loaders hand over uint8 channels_last views (plus, for the tensor backend, a pending
-per-sample `Geometry`); this module turns them into normalised float/bf16 channels_last
-tensors, optionally mixed. The mixing *description* (pairing indices and λ) stays with the
-caller, which builds its (soft) targets from (y_a, y_b, λ) — no dense B×C targets here.
+per-sample `Geometry`). One `Augmenter`, built once per run from (mean, std, dtype, impl), turns
+them into normalised float/bf16 channels_last tensors for every method and for evaluation: this
+is the one place where uint8 becomes the model's input dtype. Methods only say *which* mix they
+want (`views`, `mix_pairs`, `mix_streams`) and draw the mixing parameters themselves (`sample_mix`
+on a host generator); the mixing description (pairing indices and λ) stays with the caller,
+which builds its (soft) targets from (y_a, y_b, λ) — no dense B×C targets here.
 
 GLMC semantics (METHODS.md §2.3–2.4) are the default:
 - one λ per step, λ ~ Beta(β, β) with β = 1 (= Uniform(0, 1)) by default;
@@ -12,8 +15,8 @@ GLMC semantics (METHODS.md §2.3–2.4) are the default:
 - the CutMix label weight is the same λ (no area correction); `area_correct=True` gives
   standard CutMix's 1 − box_area / (H·W).
 
-`impl`: "auto" runs the fused Triton kernel (kernels/mix) on CUDA tensors and the pure-torch
-reference elsewhere; "triton" / "torch" force one (config key `loader.mix_impl`).
+`impl` (config key `augment.mix_impl`): "auto" runs the fused Triton kernel (kernels/mix) on
+CUDA tensors and the pure-torch reference elsewhere; "triton" / "torch" force one.
 """
 from __future__ import annotations
 
@@ -23,10 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fasttrain.kernels.mix.function import fused_mix, fused_normalize
-from fasttrain.batch import Batch, Geometry, random_geometry  # noqa: F401
-
-IMPLS = ("auto", "triton", "torch")
+from fasttrain.batch import Batch, Geometry
+from fasttrain.kernels.mix import IMPLS, fused_mix, fused_normalize
 
 
 @dataclass
@@ -95,20 +96,12 @@ def sample_mix(height: int, width: int, *, beta: float = 1.0, area_correct: bool
 
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
-        raise ValueError(f"loader.mix_impl: expected one of {list(IMPLS)}, got {impl!r}")
+        raise ValueError(f"augment.mix_impl: expected one of {list(IMPLS)}, got {impl!r}")
 
 
-def normalize_views(batch: Batch, mean: Sequence[float], std: Sequence[float],
-                    dtype: torch.dtype = torch.float32, impl: str = "auto") -> list[torch.Tensor]:
-    """Apply each view's pending geometry and normalise: uint8 -> `dtype` channels_last (B,3,H,W)."""
-    _check_impl(impl)
-    if batch.normalized:
-        return list(batch.views)
-    out = []
-    for i, view in enumerate(batch.views):
-        geo = batch.geometry[i] if i < len(batch.geometry) else None
-        out.append(fused_normalize(view, geo, mean, std, dtype=dtype, impl=impl))
-    return out
+def _crop(geo: Geometry | None):
+    """The kernels' plain (offsets, flip, padding) form of a pending geometry."""
+    return None if geo is None else (geo.offsets, geo.flip, geo.padding)
 
 
 def mixup_cutmix(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geometry | None,
@@ -123,7 +116,7 @@ def mixup_cutmix(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geomet
     `dtype` tensors (M, 3, H, W).
     """
     _check_impl(impl)
-    return fused_mix(view_mix, view_cut, geo_mix, geo_cut, idx_a, idx_b, spec.lam, spec.box,
+    return fused_mix(view_mix, view_cut, _crop(geo_mix), _crop(geo_cut), idx_a, idx_b, spec.lam, spec.box,
                      mean, std, dtype=dtype, impl=impl)
 
 
@@ -144,17 +137,42 @@ def permutation_pairs(n: int, generator: torch.Generator | None,
     return idx_a, idx_b
 
 
-def mix_glmc(batch: Batch, spec: MixSpec, mean: Sequence[float], std: Sequence[float],
-             dtype: torch.dtype = torch.float32, impl: str = "auto"
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """GLMC's mixing of a 2-stream, 2-view batch: returns (mixup, cutmix, y_a, y_b).
+@dataclass(frozen=True)
+class Augmenter:
+    """uint8 views -> normalised (and mixed) model inputs; one per run, shared by every method
+    and by evaluation. `dtype` is the model's input dtype (bf16 under bf16 autocast)."""
 
-    Rows of stream 0 are a, rows of stream 1 are b; view 0 is MixUp-ed, view 1 CutMix-ed.
-    """
-    if len(batch.views) < 2:
-        raise ValueError(f"GLMC mixing needs 2 views per row, got {len(batch.views)}")
-    idx_a, idx_b = stream_pairs(batch)
-    geos = list(batch.geometry) + [None] * (2 - len(batch.geometry))
-    mixup, cutmix = mixup_cutmix(batch.views[0], batch.views[1], geos[0], geos[1], idx_a, idx_b,
-                                 spec, mean, std, dtype=dtype, impl=impl)
-    return mixup, cutmix, batch.labels[idx_a], batch.labels[idx_b]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dtype: torch.dtype = torch.float32
+    impl: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_impl(self.impl)
+
+    def views(self, batch: Batch) -> list[torch.Tensor]:
+        """Every view with its pending geometry applied, normalised: (B, 3, H, W) channels_last."""
+        if batch.normalized:
+            return list(batch.views)
+        return [fused_normalize(view, _crop(batch.view_geometry(i)), self.mean, self.std, dtype=self.dtype,
+                                impl=self.impl)
+                for i, view in enumerate(batch.views)]
+
+    def mix_pairs(self, batch: Batch, spec: MixSpec, idx_a: torch.Tensor, idx_b: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp of view 0 and CutMix of view 1 (view 0 again for 1-view batches) over row pairs."""
+        cut = 1 if len(batch.views) > 1 else 0
+        return mixup_cutmix(batch.views[0], batch.views[cut], batch.view_geometry(0), batch.view_geometry(cut),
+                            idx_a, idx_b, spec, self.mean, self.std, dtype=self.dtype, impl=self.impl)
+
+    def mix_streams(self, batch: Batch, spec: MixSpec
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GLMC's mixing of a 2-stream, 2-view batch: (mixup, cutmix, y_a, y_b).
+
+        Rows of stream 0 are a, rows of stream 1 are b; view 0 is MixUp-ed, view 1 CutMix-ed.
+        """
+        if len(batch.views) < 2:
+            raise ValueError(f"GLMC mixing needs 2 views per row, got {len(batch.views)}")
+        idx_a, idx_b = stream_pairs(batch)
+        mixup, cutmix = self.mix_pairs(batch, spec, idx_a, idx_b)
+        return mixup, cutmix, batch.labels[idx_a], batch.labels[idx_b]

@@ -1,23 +1,81 @@
-"""Shared pieces of the benchmark scripts in benchmarks/: device description and JSON output.
+"""Shared pieces of the benchmark scripts in benchmarks/: device choice, synchronised timing,
+spread statistics, the report header (device + versions) and JSON output.
 
 Every benchmark prints one JSON document (device, versions, median and spread) and can write
 it under benchmarks/results/.
 """
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
-import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from fasttrain.environment import describe_device, resolve_device, versions
 
-def describe_device(device: torch.device) -> str:
-    """The GPU's name, or the CPU with its thread count and load (CPU timings depend on both)."""
+__all__ = ["add_device_argument", "describe_device", "emit_json", "report_header", "spread", "sync", "time_calls"]
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", type=resolve_device,
+                        help="auto (CUDA when present) | cpu | cuda | cuda:N")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (CUDA kernels run asynchronously) before reading a clock."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, loadavg {os.getloadavg()[0]:.1f})"
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, reps: int, *, inner: int | None = None,
+               min_time: float = 0.05, warmup: int = 1) -> list[float]:
+    """Seconds per call of `fn`: `reps` samples, each the mean over `inner` calls (by default as
+    many as last `min_time` seconds), after `warmup` untimed calls; synchronised around each."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    if inner is None:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        inner = max(1, int(min_time / max(time.perf_counter() - t0, 1e-7)))
+    out = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync(device)
+        out.append((time.perf_counter() - t0) / inner)
+    return out
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    """Median and the 20th/80th percentiles (the spread every benchmark reports)."""
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=5, method="inclusive") if len(s) > 1 else [s[0]] * 4
+    return {"median": statistics.median(s), "p20": q[0], "p80": q[3], "min": s[0], "max": s[-1], "n": len(s)}
+
+
+def _version(module: str) -> str | None:
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception:  # not installed, or a broken optional install
+        return None
+
+
+def report_header(benchmark: str, device: torch.device) -> dict:
+    """The first keys of every benchmark report: what ran, where, with which versions."""
+    v = versions()
+    v.update({"triton": _version("triton"), "dali": _version("nvidia.dali")})
+    return {"benchmark": benchmark, "device": describe_device(device), "versions": v,
+            "load_average_1m_at_start": os.getloadavg()[0]}
 
 
 def emit_json(out: dict, path: str | None, indent: int = 2) -> dict:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fasttrain.config import ConfigError
+from fasttrain.schema import ConfigError
 
 
 def _cmd_train(args) -> int:
@@ -28,7 +28,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from fasttrain.trainer import evaluate_checkpoint
+    from fasttrain.evaluation import evaluate_checkpoint
 
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_per_class.png")
     report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot)
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
     d = sub.add_parser("data", help="fetch or build datasets (cifar10, cifar100, synthetic, verify)",
                        add_help=False)
-    d.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.data.download.main
+    d.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.data.cli.main
     i = sub.add_parser("info", help="versions, devices and usable optional backends/kernels")
     i.set_defaults(func=_cmd_info)
     return p
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["data"]:  # `fasttrain data ...` has its own parser (and its own --help)
-        from fasttrain.data.download import main as data_main
+        from fasttrain.data.cli import main as data_main
 
         return data_main(argv[1:])
     args = build_parser().parse_args(argv)

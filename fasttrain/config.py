@@ -10,18 +10,21 @@ the methods registry by `method.name`).
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration error (printed without a traceback by the CLI)."""
+from fasttrain.data import DATASETS
+from fasttrain.kernels.mix import IMPLS as MIX_IMPLS
+from fasttrain.kernels.soft_ce import IMPLS as LOSS_IMPLS
+from fasttrain.loaders import BACKENDS
+from fasttrain.methods import METHODS
+from fasttrain.models import BACKBONES
+from fasttrain.samplers import SAMPLERS
+from fasttrain.schedules import SCHEDULES
+from fasttrain.schema import ConfigError, build_dataclass, suggest
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,6 +67,7 @@ class AugmentConfig:
     eval_resize: int = 256
     mean: list[float] | None = None  # None = the dataset's standard statistics
     std: list[float] | None = None
+    mix_impl: str = "auto"  # normalise/mix kernel dispatch: auto (Triton on CUDA) | triton | torch
 
 
 @dataclass
@@ -85,7 +89,6 @@ class LoaderConfig:
     dali_roi_decode: bool = True  # dali, 1-view training: decode only the crop window
     dali_antialias: bool = True  # antialiased downscaling like torchvision (false: faster on CPU)
     dali_reader_thread: bool = True  # read file bytes in a background thread
-    mix_impl: str = "auto"  # auto | triton | torch (fused mix kernel dispatch)
 
 
 @dataclass
@@ -162,20 +165,36 @@ class RunConfig:
 # Value checks: (key path) -> predicate, message
 # --------------------------------------------------------------------------------------------
 
+# Fixed enumerations of this module's own keys. Names that exist as registries elsewhere are
+# never re-listed here: `choices()` reads them from their registries.
 CHOICES = {
-    "data.dataset": ["cifar10_lt", "cifar100_lt", "imagenet_lt", "inat2018", "places_lt", "folder", "synthetic"],
     "data.cifar_split": ["ldam", "glmc"],
     "data.few_shot_rule": ["<20", "<=20"],
     "data.eval_split": ["test", "val"],
     "augment.train": ["cifar", "imagenet", "none"],
-    "loader.backend": ["torch", "tensor", "dali"],
-    "loader.sampler": ["instance", "class_balanced", "power", "class_aware", "sqrt"],
-    "loader.mix_impl": ["auto", "triton", "torch"],
     "optim.name": ["sgd"],
-    "schedule.name": ["constant", "cosine", "warmup_cosine", "multistep", "warmup_multistep", "code_offbyone"],
     "train.amp": ["auto", "bf16", "fp16", "fp32"],
-    "train.loss_impl": ["auto", "triton", "torch"],
 }
+
+# A key that moved: old path -> new path (an old config gets an error naming the new key).
+MOVED = {"loader.mix_impl": "augment.mix_impl"}
+
+
+def choices() -> dict[str, list[str]]:
+    """Every key with a closed set of values -> the valid values (registries read at call time,
+    so a backend or method registered by a plugin or a test is a valid choice at once)."""
+    return {
+        **CHOICES,
+        "data.dataset": list(DATASETS),
+        "loader.backend": list(BACKENDS),
+        "loader.sampler": list(SAMPLERS),
+        "augment.mix_impl": list(MIX_IMPLS),
+        "train.loss_impl": list(LOSS_IMPLS),
+        "schedule.name": list(SCHEDULES),
+        "model.arch": list(BACKBONES),
+        "method.name": list(METHODS),
+    }
+
 
 POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "train.epochs", "loader.class_aware_k",
             "train.log_every", "train.eval_every", "train.save_every", "augment.crop_size",
@@ -194,9 +213,9 @@ def _check_values(cfg: RunConfig) -> None:
             obj = getattr(obj, part)
         return obj
 
-    for path, choices in CHOICES.items():
-        if get(path) not in choices:
-            raise ConfigError(f"{path}: expected one of {choices}, got {get(path)!r}")
+    for path, valid in choices().items():
+        if get(path) not in valid:
+            raise ConfigError(f"{path}: expected one of {valid}, got {get(path)!r}{suggest(str(get(path)), valid)}")
     for path in POSITIVE:
         if get(path) <= 0:
             raise ConfigError(f"{path}: expected a value > 0, got {get(path)!r}")
@@ -210,6 +229,7 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"data.imbalance_ratio: expected a value >= 1, got {cfg.data.imbalance_ratio!r}")
     if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch <= 0:
         raise ConfigError(f"train.max_steps_per_epoch: expected a value > 0 or null, got {cfg.train.max_steps_per_epoch!r}")
+    _check_streams(cfg)
     if cfg.method is not None and hasattr(cfg.method, "validate"):
         try:
             cfg.method.validate()
@@ -219,91 +239,23 @@ def _check_values(cfg: RunConfig) -> None:
             raise ConfigError(f"method: {exc}") from None
 
 
-# --------------------------------------------------------------------------------------------
-# Building dataclasses from mappings, with errors that name the key
-# --------------------------------------------------------------------------------------------
+def _check_streams(cfg: RunConfig) -> None:
+    """A method that draws its own streams would silently ignore the loader's sampler keys."""
+    method = METHODS[cfg.method.name]
+    if not method.fixed_streams:
+        return
+    default = LoaderConfig()
+    for key in ("sampler", "sampler_q", "class_aware_k"):
+        if getattr(cfg.loader, key) != getattr(default, key):
+            raise ConfigError(f"loader.{key}: method {method.name} draws its own sample streams and would ignore "
+                              f"loader.{key}={getattr(cfg.loader, key)!r}; remove it (see the method's own keys)")
 
 
-def _is_subsequence(short: str, long: str) -> bool:
-    it = iter(long)
-    return all(ch in it for ch in short)
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    """'; did you mean X?' for the closest valid key (typo, or an abbreviation like lr)."""
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    if not close:  # abbreviations: `lr` for `learning_rate`, `bs` for `batch_size`
-        close = [v for v in valid if len(v) >= 2 and v[0] == key[:1] and _is_subsequence(v, key)]
-    if not close:
-        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.4)
-    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML value to the annotated type or raise a ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if tp is Any:
-        return value
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return build_dataclass(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected bool (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected float, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected str, got {value!r}")
-    return value
-
-
-def build_dataclass(cls: type, values: dict, where: str = "") -> Any:
-    """Build `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown key {path!r}{_suggest(str(key), names)}")
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
+def _check_moved(raw: dict) -> None:
+    for old, new in MOVED.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(f"{old}: this key moved to {new}; write `{new}: {raw[section][key]}` instead")
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,8 +322,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:
     """Validate a raw mapping into a RunConfig; errors are prefixed with `source`."""
-    from fasttrain.methods import METHODS  # late import: methods import config
-
     raw = dict(raw)
     method_raw = raw.pop("method", None) or {"name": "ce"}
     if not isinstance(method_raw, dict):
@@ -379,8 +329,9 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:
     method_raw = dict(method_raw)
     name = method_raw.pop("name", "ce")
     if name not in METHODS:
-        raise ConfigError(f"{source}: method.name: unknown method {name!r}{_suggest(str(name), list(METHODS))}")
+        raise ConfigError(f"{source}: method.name: unknown method {name!r}{suggest(str(name), list(METHODS))}")
     try:
+        _check_moved(raw)
         cfg = build_dataclass(RunConfig, raw)
         cfg.method = build_dataclass(METHODS[name].config_class, method_raw, "method")
         cfg.method.name = name

@@ -14,20 +14,53 @@ from fasttrain.data.index import GROUP_NAMES, shot_groups
 
 
 @torch.no_grad()
-def collect_predictions(method, model, loader, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader."""
-    from fasttrain.augment import normalize_views
+def collect_predictions(method, model, loader, augmenter) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader.
 
+    Views go through the run's augmenter (the same uint8 → input-dtype path as training); a
+    bf16 run evaluates under bf16 autocast."""
     model.eval()
     probs, labels = [], []
-    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=ctx.compute_dtype == torch.bfloat16)
+    device_type = next(model.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=augmenter.dtype == torch.bfloat16)
     for batch in loader:
-        (x,) = normalize_views(batch, ctx.mean, ctx.std, ctx.compute_dtype, ctx.mix_impl)[:1]
+        x = augmenter.views(batch)[0]
         with autocast:
             logits = method.predict(model, x)
         probs.append(torch.softmax(logits.float(), dim=1))
         labels.append(batch.labels)
     return torch.cat(probs).cpu(), torch.cat(labels).cpu()
+
+
+def evaluate(run) -> dict:
+    """The accuracy report of `run.model` (a fasttrain.build.Run) on its eval loader."""
+    probs, labels = collect_predictions(run.method, run.model, run.eval_loader, run.augmenter)
+    return accuracy_report(probs, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, plot: Path | None = None) -> dict:
+    """Evaluate checkpoint `path` with the config stored inside it (plus `overrides`).
+
+    Builds only what evaluation needs (no train loader, optimizer or run directory)."""
+    from fasttrain.build import build_run
+    from fasttrain.checkpoint import load_checkpoint
+    from fasttrain.config import apply_overrides, config_from_dict
+
+    state = load_checkpoint(path)
+    if "config" not in state:
+        raise RuntimeError(f"{path}: checkpoint has no stored config (not written by fasttrain?)")
+    raw = apply_overrides(state["config"], overrides or [])
+    raw["stages"] = []
+    if isinstance(raw.get("model"), dict):
+        raw["model"]["init_from"] = None  # the checkpoint's own weights are loaded below
+    cfg = config_from_dict(raw, f"{path} (stored config)")
+    run = build_run(cfg)
+    run.model.load_state_dict(state["model"])
+    report = evaluate(run)
+    if plot is not None:
+        plot_per_class(report["per_class"], run.train_set.train_counts, plot,
+                       title=f"{Path(path).name}: top-1 {report['top1']:.2f}%")
+    return report
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:

@@ -63,3 +63,32 @@ class ThroughputMeter:
 
     def overall_rate(self) -> float:
         return self.total_images / self.total_time if self.total_time else 0.0
+
+    def timed(self, loader, limit: int):
+        """Iterate `loader` for at most `limit` batches, counting the waits for each as data time."""
+        it = iter(loader)
+        for _ in range(limit):
+            self.begin_wait()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.end_wait()
+            yield batch
+
+
+class MeanLogs:
+    """Running means of a step's logs, accumulated on the device (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, logs: dict[str, torch.Tensor]) -> None:
+        for k, v in logs.items():
+            self.sums[k] = self.sums[k] + v.float() if k in self.sums else v.float().clone()
+        self.n += 1
+
+    def means(self) -> dict[str, float]:
+        """Host floats (one sync): call every `train.log_every` steps, not every step."""
+        return {k: (v / max(self.n, 1)).item() for k, v in self.sums.items()}

@@ -18,33 +18,60 @@ from __future__ import annotations
 import math
 
 
-def lr_factor(name: str, epoch: float, epochs: int, warmup: int = 0, milestones=(), gamma: float = 0.1) -> float:
-    e = epoch
-    if name == "constant":
+def _constant(e: float, epochs: int, warmup: int, milestones, gamma: float) -> float:
+    return 1.0
+
+
+def _cosine(e: float, epochs: int, warmup: int, milestones, gamma: float) -> float:
+    return 0.5 * (1 + math.cos(math.pi * e / epochs))
+
+
+def _warmup_cosine(e: float, epochs: int, warmup: int, milestones, gamma: float) -> float:
+    if e < warmup:
+        return min(1.0, (e + 1) / warmup)
+    return 0.5 * (1 + math.cos(math.pi * (e - warmup) / max(epochs - warmup, 1)))
+
+
+def _multistep(e: float, epochs: int, warmup: int, milestones, gamma: float) -> float:
+    return gamma ** sum(1 for m in milestones if e >= m)
+
+
+def _warmup_multistep(e: float, epochs: int, warmup: int, milestones, gamma: float) -> float:
+    if e < warmup:
+        return min(1.0, (e + 1) / warmup)
+    return _multistep(e, epochs, warmup, milestones, gamma)
+
+
+def _code_offbyone(e: float, epochs: int, warmup: int, milestones, gamma: float) -> float:
+    k = math.floor(e)
+    if k == 0:
         return 1.0
-    if name == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * e / epochs))
-    if name == "warmup_cosine":
-        if e < warmup:
-            return min(1.0, (e + 1) / warmup)
-        return 0.5 * (1 + math.cos(math.pi * (e - warmup) / max(epochs - warmup, 1)))
-    if name in ("multistep", "warmup_multistep"):
-        if name == "warmup_multistep" and e < warmup:
-            return min(1.0, (e + 1) / warmup)
-        return gamma ** sum(1 for m in milestones if e >= m)
-    if name == "code_offbyone":
-        k = math.floor(e)
-        if k == 0:
-            return 1.0
-        if k <= 11:
-            return k / 10
-        return 0.5 * (1 + math.cos(math.pi * (k - 10) / (epochs - 9)))
-    raise ValueError(f"schedule.name: unknown schedule {name!r}")
+    if k <= 11:
+        return k / 10
+    return 0.5 * (1 + math.cos(math.pi * (k - 10) / (epochs - 9)))
+
+
+# The one list of schedule names (`schedule.name`): name -> lr multiplier of the epoch.
+SCHEDULES = {
+    "constant": _constant,
+    "cosine": _cosine,
+    "warmup_cosine": _warmup_cosine,
+    "multistep": _multistep,
+    "warmup_multistep": _warmup_multistep,
+    "code_offbyone": _code_offbyone,
+}
+FLOORED = ("cosine", "warmup_cosine")  # schedules that decay towards `min_lr` instead of 0
+
+
+def lr_factor(name: str, epoch: float, epochs: int, warmup: int = 0, milestones=(), gamma: float = 0.1) -> float:
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule.name: unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
+    return SCHEDULES[name](epoch, epochs, warmup, milestones, gamma)
 
 
 def learning_rate(cfg_schedule, base_lr: float, epoch: float, epochs: int) -> float:
     f = lr_factor(cfg_schedule.name, epoch, epochs, cfg_schedule.warmup_epochs, cfg_schedule.milestones,
                   cfg_schedule.gamma)
-    if cfg_schedule.name in ("cosine", "warmup_cosine"):
+    if cfg_schedule.name in FLOORED:
         return cfg_schedule.min_lr + (base_lr - cfg_schedule.min_lr) * f
     return base_lr * f

@@ -6,13 +6,11 @@ Design (why it looks like this):
   the order `Sampler.order(epoch)` gives (already sharded by rank / world size). Several
   samplers are streams: rows are stream-major in one batch, the first sampler defines the
   epoch length, the others are truncated to it. `samplers=None` means sequential eval order.
-- **Randomness on the host.** Crop windows (torchvision's RandomResizedCrop algorithm, exactly:
-  10 tries of area ~ U(scale), log-ratio ~ U(log ratio), then the clamped centre fallback),
+- **Randomness on the host.** Crop windows (torchvision's RandomResizedCrop algorithm, exactly),
   flips, jitter factors, grayscale and blur sigmas are drawn with numpy from a generator keyed
-  by (seed, epoch, step) and fed to DALI as per-sample arguments. So an epoch is reproducible
-  without rebuilding the pipeline (a DALI pipeline's seed is fixed when it is built), it does
-  not depend on thread counts, and a run resumed mid-epoch sees the same crops. This needs the
-  image size, read from the JPEG header on the host while the bytes are validated.
+  by (seed, epoch, step) and fed to DALI as per-sample arguments (`crop_params`, which says
+  why). This needs the image size, read from the header on the host while the bytes are
+  validated (`image_header`).
 - **Decode once.** With several views the image is decoded once and every view is one
   `fn.resize` with its own ROI (crop + resize in one pass). With one view the decoder itself
   crops (`fn.decoders.image_slice`, ROI decoding: only the crop is produced), which is cheaper.
@@ -26,18 +24,11 @@ Design (why it looks like this):
   before DALI sees them; a decode failure inside DALI is mapped back to the file(s) of the
   in-flight batches by re-decoding them one by one. The error names the file; with
   `loader.skip_corrupt` such files are dropped from their batch and counted instead.
-
-Optional LoaderConfig fields read here (with these defaults when absent):
-`dali_normalize` (False), `dali_roi_decode` (True), `dali_antialias` (True),
-`dali_reader_thread` (True), plus the existing `dali_threads`, `dali_prefetch`, `skip_corrupt`,
-`drop_last`.
 """
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import struct
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,19 +36,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fasttrain.data.index import DatasetError, LTDataset
 from fasttrain.batch import Batch
+from fasttrain.data.index import DatasetError, LTDataset
 from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch
+from fasttrain.loaders.crop_params import ViewDraw, ViewParams, step_generator
+from fasttrain.loaders.image_header import CorruptImage, image_size
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "DALI is not installed: pip install fasttrain[dali]  (nvidia-dali-cuda130)"
-_NO_BLUR_SIGMA = 1e-3  # DALI rejects sigma 0; with this sigma the 23-tap kernel is the identity
-_BLUR_WINDOW = 23  # same kernel size as the torch backend's v2.GaussianBlur(23, (0.1, 2.0))
+# Same kernel size as the torch backend's v2.GaussianBlur(23, (0.1, 2.0)); crop_params'
+# NO_BLUR_SIGMA makes this kernel the identity for the rows that drew no blur.
+_BLUR_WINDOW = 23
 
 
 def dali_available() -> tuple[bool, str]:
-    """(usable, one-line description) for `fasttrain info`."""
+    """(usable, one-line description); `DaliLoader.available()`, so `fasttrain info` and the tests."""
     try:
         import nvidia.dali as dali
     except Exception as exc:  # ImportError, or a broken install raising something else
@@ -77,145 +71,13 @@ def _import_dali():
     return dali, fn, types, feed_ndarray
 
 
-# ----------------------------------------------------------------------------------------------
-# Host-side byte validation and image size
-# ----------------------------------------------------------------------------------------------
-
-
-class CorruptImage(ValueError):
-    """A file that cannot be decoded (message says why)."""
-
-
-# SOF markers that carry the frame size (baseline, extended, progressive, lossless, ...).
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def image_size(data: np.ndarray | bytes) -> tuple[int, int]:
-    """(height, width) from a JPEG or PNG header; CorruptImage when the bytes cannot be an image.
-
-    A cheap check, not a decode: JPEG needs the SOI marker, a frame header and an EOI marker in
-    the last bytes (catches truncated downloads); PNG needs its signature and IHDR.
-    """
-    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-    if len(buf) < 4:
-        raise CorruptImage(f"only {len(buf)} bytes")
-    if buf[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(buf) < 24 or buf[12:16] != b"IHDR":
-            raise CorruptImage("PNG without IHDR")
-        w, h = struct.unpack(">II", buf[16:24])
-        return h, w
-    if buf[:2] != b"\xff\xd8":
-        raise CorruptImage("not a JPEG (no SOI marker)")
-    # EOI must end the stream; some encoders append a few padding bytes after it.
-    if buf.rfind(b"\xff\xd9", max(0, len(buf) - 64)) < 0:
-        raise CorruptImage("truncated JPEG (no EOI marker at the end)")
-    pos = 2
-    n = len(buf)
-    while pos + 4 <= n:
-        if buf[pos] != 0xFF:
-            raise CorruptImage(f"bad JPEG marker at byte {pos}")
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", buf[pos + 2:pos + 4])
-        if marker in _SOF:
-            if pos + 9 > n:
-                break
-            h, w = struct.unpack(">HH", buf[pos + 5:pos + 9])
-            if h == 0 or w == 0:
-                raise CorruptImage(f"JPEG frame size {w}x{h}")
-            return h, w
-        if marker == 0xDA or length < 2:  # scan data before any frame header
-            break
-        pos += 2 + length
-    raise CorruptImage("JPEG without a frame header (SOF)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Host-side augmentation parameters (torchvision semantics)
-# ----------------------------------------------------------------------------------------------
-
-
-def sample_rrc(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray,
-               scale: tuple[float, float], ratio: tuple[float, float],
-               attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """torchvision RandomResizedCrop.get_params, vectorised: (anchor [y, x], shape [h, w]) float32."""
-    h = heights.astype(np.float64)[:, None]
-    w = widths.astype(np.float64)[:, None]
-    n = len(heights)
-    area = h * w
-    target = area * rng.uniform(scale[0], scale[1], (n, attempts))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, attempts)))
-    cw = np.round(np.sqrt(target * aspect))
-    ch = np.round(np.sqrt(target / aspect))
-    ok = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
-    u_top, u_left = rng.random((n, attempts)), rng.random((n, attempts))
-    first = ok.argmax(axis=1)
-    rows = np.arange(n)
-    ch, cw = ch[rows, first], cw[rows, first]
-    top = np.floor(u_top[rows, first] * (heights - ch + 1))
-    left = np.floor(u_left[rows, first] * (widths - cw + 1))
-    # Fallback (no try fitted): centre crop with the ratio clamped into `ratio`.
-    miss = ~ok.any(axis=1)
-    if miss.any():
-        hh, ww = heights[miss].astype(np.float64), widths[miss].astype(np.float64)
-        in_ratio = ww / hh
-        fw = np.where(in_ratio < min(ratio), ww, np.where(in_ratio > max(ratio), np.round(hh * max(ratio)), ww))
-        fh = np.where(in_ratio < min(ratio), np.round(ww / min(ratio)), hh)
-        ch[miss], cw[miss] = fh, fw
-        top[miss] = np.floor((hh - fh) / 2)  # (height - h) // 2 as torchvision
-        left[miss] = np.floor((ww - fw) / 2)
-    anchor = np.stack([top, left], 1).astype(np.float32)
-    shape = np.stack([ch, cw], 1).astype(np.float32)
-    return anchor, shape
-
-
-def eval_roi(heights: np.ndarray, widths: np.ndarray, resize: int, crop: int) -> tuple[np.ndarray, np.ndarray]:
-    """ROI in the original image equal to Resize(resize) -> CenterCrop(crop) (torchvision v2 sizes).
-
-    Resampling that ROI straight to crop x crop samples the same source positions as resizing
-    the whole image and cropping afterwards, but only computes the kept pixels.
-    """
-    short = np.minimum(heights, widths)
-    long_ = np.maximum(heights, widths)
-    new_long = np.floor(resize * long_ / short)  # int(size * long / short)
-    new_h = np.where(heights <= widths, resize, new_long).astype(np.float64)
-    new_w = np.where(heights <= widths, new_long, resize).astype(np.float64)
-    top = np.round((new_h - crop) / 2)  # int(round(...)): Python's round half to even, as np.round
-    left = np.round((new_w - crop) / 2)
-    sy, sx = heights / new_h, widths / new_w
-    anchor = np.stack([top * sy, left * sx], 1).astype(np.float32)
-    shape = np.stack([np.full_like(sy, crop) * sy, np.full_like(sx, crop) * sx], 1).astype(np.float32)
-    return anchor, shape
-
-
-@dataclass
-class _ViewParams:
-    anchor: np.ndarray  # (n, 2) float32 [y, x]
-    shape: np.ndarray  # (n, 2) float32 [h, w]
-    flip: np.ndarray  # (n,) int32
-    brightness: np.ndarray | None = None  # (n,) float32
-    contrast: np.ndarray | None = None
-    saturation: np.ndarray | None = None  # 0 where grayscale was drawn
-    sigma: np.ndarray | None = None
-
-    def take(self, keep: np.ndarray) -> "_ViewParams":
-        return _ViewParams(*(None if v is None else v[keep] for v in
-                             (self.anchor, self.shape, self.flip, self.brightness, self.contrast,
-                              self.saturation, self.sigma)))
-
-
 @dataclass
 class _Step:
     """One batch prepared on the host: bytes, per-view parameters, labels (stream-major rows)."""
 
     step: int
     jpegs: list[np.ndarray]
-    views: list[_ViewParams]
+    views: list[ViewParams]
     index: np.ndarray
     labels: np.ndarray
     stream: np.ndarray
@@ -226,10 +88,6 @@ class _Step:
 # ----------------------------------------------------------------------------------------------
 # The backend
 # ----------------------------------------------------------------------------------------------
-
-
-def _opt(loader, name: str, default):
-    return getattr(loader, name, default) if loader is not None else default
 
 
 class _EpochSource:
@@ -258,6 +116,13 @@ class _EpochSource:
 
 
 class DaliLoader(LoaderBackend):
+    # Decodes files only: in-memory arrays are served by the tensor (or torch) backend.
+    reads = ("files",)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return dali_available()
+
     def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
                  augment, loader, train: bool, seed: int = 0):
         self.dali, self.fn, self.types, self._feed_ndarray = _import_dali()
@@ -273,37 +138,28 @@ class DaliLoader(LoaderBackend):
         self.device = torch.device(device)
         self.augment = augment
         self.train = train
-        self.random_crop = train and augment.train == "imagenet"
         self.seed = seed
-        self.drop_last = bool(_opt(loader, "drop_last", False)) if train else False
-        self.threads = int(_opt(loader, "dali_threads", 4))
-        self.prefetch = max(1, int(_opt(loader, "dali_prefetch", 2)))
-        self.skip_corrupt = bool(_opt(loader, "skip_corrupt", False))
-        self.normalize = bool(_opt(loader, "dali_normalize", False)) and num_views == 1
-        self.roi_decode = bool(_opt(loader, "dali_roi_decode", True)) and num_views == 1 and self.random_crop
-        self.antialias = bool(_opt(loader, "dali_antialias", True))
-        self.reader_thread = bool(_opt(loader, "dali_reader_thread", True))
+        self.draw = ViewDraw.from_config(augment, train)  # what each view draws per sample
+        self.random_crop = self.draw.random_crop
+        self.flip = self.draw.flip
+        self.crop = self.draw.crop
+        self.drop_last = bool(loader.drop_last) if train else False
+        self.threads = int(loader.dali_threads)
+        self.prefetch = max(1, int(loader.dali_prefetch))
+        self.skip_corrupt = bool(loader.skip_corrupt)
+        self.normalize = bool(loader.dali_normalize) and num_views == 1
+        self.roi_decode = bool(loader.dali_roi_decode) and num_views == 1 and self.random_crop
+        self.antialias = bool(loader.dali_antialias)
+        self.reader_thread = bool(loader.dali_reader_thread)
         self.mean = tuple(augment.mean) if augment.mean is not None else tuple(dataset.mean)
         self.std = tuple(augment.std) if augment.std is not None else tuple(dataset.std)
-        self.jitter = augment.color_jitter if self.random_crop else 0.0
-        self.gray_p = augment.grayscale_p if self.random_crop else 0.0
-        self.blur_p = augment.blur_p if self.random_crop else 0.0
-        self.flip = bool(augment.flip) and self.random_crop
-        self.crop = int(augment.crop_size)
         self.skipped: list[str] = []  # unreadable files found so far (skip_corrupt=True)
         self.skipped_rows = 0  # batch rows dropped because their file was unreadable
         self._bad: set[int] = set()  # dataset indices known to be unreadable
-        self.epoch = 0
-        self.position = 0
         self._orders: list[torch.Tensor] = []
         self._pipe = None
-        fields = ["anchor", "shape"] + (["flip"] if self.flip else [])
-        if self.jitter > 0 or self.gray_p > 0:
-            fields += ["brightness", "contrast", "saturation"]
-        if self.blur_p > 0:
-            fields.append("sigma")
-        self._fields = fields
-        self._source = _EpochSource(num_views, fields)
+        self._fields = self.draw.fields
+        self._source = _EpochSource(num_views, self._fields)
         self.set_epoch(0)
 
     # --- pipeline --------------------------------------------------------------------------
@@ -416,28 +272,6 @@ class DaliLoader(LoaderBackend):
             self.skipped.append(path)
             log.warning("skipping unreadable image %s: %s", path, why)
 
-    def _params(self, rng: np.random.Generator, h: np.ndarray, w: np.ndarray) -> _ViewParams:
-        n = len(h)
-        if self.random_crop:
-            anchor, shape = sample_rrc(rng, h, w, tuple(self.augment.rrc_scale), tuple(self.augment.rrc_ratio))
-        else:
-            anchor, shape = eval_roi(h, w, int(self.augment.eval_resize), self.crop)
-        flip = (rng.random(n) < 0.5).astype(np.int32) if self.flip else np.zeros(n, np.int32)
-        vp = _ViewParams(anchor, shape, flip)
-        if "brightness" in self._fields:
-            j = self.jitter
-            on = rng.random(n) < self.augment.color_jitter_p if j > 0 else np.zeros(n, bool)
-            lo = max(0.0, 1.0 - j)
-            factors = rng.uniform(lo, 1.0 + j, (3, n))
-            b, c, s = (np.where(on, f, 1.0) for f in factors)
-            gray = rng.random(n) < self.gray_p
-            vp.brightness, vp.contrast = b.astype(np.float32), c.astype(np.float32)
-            vp.saturation = np.where(gray, 0.0, s).astype(np.float32)
-        if "sigma" in self._fields:
-            blur = rng.random(n) < self.blur_p
-            vp.sigma = np.where(blur, rng.uniform(0.1, 2.0, n), _NO_BLUR_SIGMA).astype(np.float32)
-        return vp
-
     def _prepare(self, step: int, sl: slice) -> _Step | None:
         n = sl.stop - sl.start
         idx = np.concatenate([o[sl.start:sl.start + n].numpy() for o in self._orders])
@@ -453,8 +287,8 @@ class DaliLoader(LoaderBackend):
         # file never changes the crops of the other rows.
         ok = np.array([d is not None for d in datas])
         h[~ok], w[~ok] = 1, 1
-        rng = np.random.default_rng([self.seed & 0xFFFF_FFFF, self.epoch, step, 0x0DA11])
-        views = [self._params(rng, h, w) for _ in range(self.num_views)]
+        rng = step_generator(self.seed, self.epoch, step)
+        views = [self.draw.draw(rng, h, w) for _ in range(self.num_views)]
         if not ok.all():
             keep = np.nonzero(ok)[0]
             views = [vp.take(keep) for vp in views]
@@ -550,8 +384,11 @@ class DaliLoader(LoaderBackend):
                     self._handle_failure(exc)
                 st = self._source.in_flight.popleft()
                 self.skipped_rows += st.skipped  # counted on delivery: a restarted step is not counted twice
-                yield self._to_batch(outs, st)
+                batch = self._to_batch(outs, st)
+                # Before the yield: a state_dict() taken while the consumer holds this batch
+                # must count it as delivered (the contract of `position`, as the other backends).
                 self.position = st.step + 1
+                yield batch
         finally:
             stop.set()
             if worker is not None:

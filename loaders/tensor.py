@@ -33,6 +33,9 @@ def _geometry_generator(seed: int, epoch: int, device: torch.device) -> torch.Ge
 
 
 class TensorLoader(LoaderBackend):
+    # The whole uint8 array goes to the device: file datasets need a decoding backend.
+    reads = ("arrays",)
+
     def __init__(self, dataset, samplers, *, batch_size: int, num_views: int, device, augment, loader,
                  train: bool, seed: int = 0):
         if dataset.images is None:

@@ -9,20 +9,13 @@ images an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fasttrain.data.index import DatasetError, LTDataset
 from fasttrain.batch import Batch
+from fasttrain.compat import quiet_tvio_deprecation
+from fasttrain.data.index import DatasetError, LTDataset
 from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch
-
-
-# torchvision 0.29 deprecates its JPEG codecs in favour of TorchCodec, but decode_jpeg is the
-# fast path measured for this loader (and needs no extra dependency): mute that one notice.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
 
 
 def build_transform(augment, train: bool, is_file_dataset: bool):
@@ -88,17 +81,20 @@ class _ViewsDataset(Dataset):
         from torchvision.io import ImageReadMode, decode_jpeg, decode_image, read_file
 
         path = self.ds.paths[index]
-        try:
-            data = read_file(path)
-        except (RuntimeError, OSError) as exc:
-            raise DatasetError(f"{path}: cannot read image ({exc})") from None
-        try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB)
-        except RuntimeError:
-            try:  # not a JPEG (PNG etc.)
-                return decode_image(data, mode=ImageReadMode.RGB)
-            except RuntimeError as exc:
-                raise DatasetError(f"{path}: cannot decode image ({exc})") from None
+        # Scoped here rather than as an import-time filter, so importing this module changes no
+        # warning settings (read_file warns too, not only the decoders).
+        with quiet_tvio_deprecation():
+            try:
+                data = read_file(path)
+            except (RuntimeError, OSError) as exc:
+                raise DatasetError(f"{path}: cannot read image ({exc})") from None
+            try:
+                return decode_jpeg(data, mode=ImageReadMode.RGB)
+            except RuntimeError:
+                try:  # not a JPEG (PNG etc.)
+                    return decode_image(data, mode=ImageReadMode.RGB)
+                except RuntimeError as exc:
+                    raise DatasetError(f"{path}: cannot decode image ({exc})") from None
 
     def __getitem__(self, item: tuple[int, int]):
         slot, index = item
@@ -122,6 +118,9 @@ def _collate(items):
 
 
 class TorchLoader(LoaderBackend):
+    # The reference backend: in-memory arrays and image files alike.
+    reads = ("arrays", "files")
+
     def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
                  augment, loader, train: bool, seed: int = 0):
         self._init_streams(dataset, samplers, batch_size)

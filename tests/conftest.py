@@ -18,8 +18,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (deselected by default)")
     config.addinivalue_line("markers", "slow: long-running (deselected by default)")
     # torchvision 0.29 deprecates its JPEG codecs (TorchCodec supersedes them); we use them on purpose.
-    config.addinivalue_line("filterwarnings",
-                            "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+    from fasttrain.compat import TVIO_DEPRECATION
+
+    config.addinivalue_line("filterwarnings", f"ignore:{TVIO_DEPRECATION}:DeprecationWarning")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,7 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 from fasttrain import augment as A
 from fasttrain.data.index import CIFAR10_MEAN, CIFAR10_STD
 from fasttrain.kernels.mix import reference as R
-from fasttrain.batch import Batch, Geometry
+from fasttrain.batch import Batch, Geometry, random_geometry
 
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 
@@ -42,7 +42,7 @@ def test_geometry_equals_torchvision_pad_crop_flip_for_every_offset():
     offs = torch.tensor([(dy, dx) for dy in range(9) for dx in range(9)] * 2, dtype=torch.int32)
     flips = torch.tensor([False] * 81 + [True] * 81)
     geo = Geometry(offsets=offs, flip=flips, padding=4)
-    ours = R.apply_geometry(x, geo)
+    ours = R.apply_geometry(x, (geo.offsets, geo.flip, geo.padding))
     for i in range(len(x)):
         dy, dx = offs[i].tolist()
         want = TF.pad(x[i], [4])
@@ -54,10 +54,10 @@ def test_geometry_equals_torchvision_pad_crop_flip_for_every_offset():
 
 def test_normalize_views_matches_torchvision_pipeline_and_is_channels_last():
     x = images(16)
-    geo = A.random_geometry(16, 4, True, torch.Generator().manual_seed(3), "cpu")
+    geo = random_geometry(16, 4, True, torch.Generator().manual_seed(3), "cpu")
     batch = Batch(views=[x, x], labels=torch.zeros(16, dtype=torch.long),
                   stream=torch.zeros(16, dtype=torch.long), geometry=[geo, None])
-    out = A.normalize_views(batch, MEAN, STD, impl="torch")
+    out = A.Augmenter(MEAN, STD, impl="torch").views(batch)
     assert len(out) == 2
     for v in out:
         assert v.dtype == torch.float32 and v.shape == (16, 3, 32, 32)
@@ -73,22 +73,22 @@ def test_normalize_views_matches_torchvision_pipeline_and_is_channels_last():
 def test_normalize_views_bf16_and_passthrough():
     x = images(4)
     batch = Batch(views=[x], labels=torch.zeros(4, dtype=torch.long), stream=torch.zeros(4, dtype=torch.long))
-    (bf,) = A.normalize_views(batch, MEAN, STD, dtype=torch.bfloat16, impl="torch")
+    (bf,) = A.Augmenter(MEAN, STD, dtype=torch.bfloat16, impl="torch").views(batch)
     assert bf.dtype == torch.bfloat16
-    (fp,) = A.normalize_views(batch, MEAN, STD, impl="torch")
+    (fp,) = A.Augmenter(MEAN, STD, impl="torch").views(batch)
     assert torch.equal(bf, fp.to(torch.bfloat16))
     done = Batch(views=[fp], labels=batch.labels, stream=batch.stream, normalized=True)
-    assert A.normalize_views(done, MEAN, STD)[0] is fp
+    assert A.Augmenter(MEAN, STD).views(done)[0] is fp
 
 
 def test_random_geometry_ranges_and_flip_switch():
     g = torch.Generator().manual_seed(0)
-    geo = A.random_geometry(4000, 4, True, g, "cpu")
+    geo = random_geometry(4000, 4, True, g, "cpu")
     assert geo.offsets.min() == 0 and geo.offsets.max() == 8 and geo.padding == 4
     counts = torch.bincount(geo.offsets.flatten().long(), minlength=9).double() / 8000
     assert torch.allclose(counts, torch.full((9,), 1 / 9, dtype=torch.double), atol=0.02)
     assert 0.45 < geo.flip.double().mean() < 0.55
-    assert not A.random_geometry(100, 4, False, g, "cpu").flip.any()
+    assert not random_geometry(100, 4, False, g, "cpu").flip.any()
 
 
 # --- mixing semantics ----------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_mixup_cutmix_semantics_by_hand():
 def test_mix_applies_geometry_per_source_row():
     x = images(4, seed=3)
     g = torch.Generator().manual_seed(1)
-    geo_m, geo_c = A.random_geometry(4, 4, True, g, "cpu"), A.random_geometry(4, 4, True, g, "cpu")
+    geo_m, geo_c = random_geometry(4, 4, True, g, "cpu"), random_geometry(4, 4, True, g, "cpu")
     idx_a, idx_b = torch.tensor([0, 1]), torch.tensor([2, 3])
     spec = A.MixSpec(lam=0.6, box=(0, 16, 0, 16), lam_cut=0.6)
     mix, cut = A.mixup_cutmix(x, x, geo_m, geo_c, idx_a, idx_b, spec, MEAN, STD, impl="torch")
@@ -133,7 +133,7 @@ def test_mix_glmc_pairs_streams_and_returns_labels():
     batch = Batch(views=[x, x], labels=labels, stream=torch.arange(2).repeat_interleave(4), num_streams=2,
                   geometry=[None, None])
     spec = A.MixSpec(lam=1.0, box=(0, 0, 0, 0), lam_cut=1.0)
-    mix, cut, y_a, y_b = A.mix_glmc(batch, spec, MEAN, STD, impl="torch")
+    mix, cut, y_a, y_b = A.Augmenter(MEAN, STD, impl="torch").mix_streams(batch, spec)
     assert torch.equal(y_a, labels[:4]) and torch.equal(y_b, labels[4:])
     torch.testing.assert_close(mix, R.normalize_reference(x[:4], None, MEAN, STD), atol=1e-6, rtol=0)
     torch.testing.assert_close(cut, mix, atol=0, rtol=0)  # empty box: CutMix keeps row a
@@ -141,7 +141,7 @@ def test_mix_glmc_pairs_streams_and_returns_labels():
 
 def test_bad_impl_and_bad_input_raise_clear_errors():
     x = images(2)
-    with pytest.raises(ValueError, match="loader.mix_impl"):
+    with pytest.raises(ValueError, match="augment.mix_impl"):
         A.mixup_cutmix(x, x, None, None, torch.tensor([0]), torch.tensor([1]),
                        A.MixSpec(0.5, (0, 0, 0, 0), 0.5), MEAN, STD, impl="cuda")
     with pytest.raises(ValueError, match="uint8"):
@@ -244,7 +244,7 @@ def test_fused_kernel_on_cuda_matches_reference(size, geometry, dtype):
     dev = torch.device("cuda")
     x_mix, x_cut = images(64, size, size, seed=1).to(dev), images(64, size, size, seed=2).to(dev)
     g = torch.Generator(device=dev).manual_seed(0)
-    geos = [A.random_geometry(64, 4, True, g, dev) if geometry else None for _ in range(2)]
+    geos = [random_geometry(64, 4, True, g, dev) if geometry else None for _ in range(2)]
     idx_a, idx_b = torch.arange(32, device=dev), torch.randperm(64, device=dev, generator=g)[:32]
     spec = A.sample_mix(size, size, generator=torch.Generator().manual_seed(1))
     got = A.mixup_cutmix(x_mix, x_cut, geos[0], geos[1], idx_a, idx_b, spec, MEAN, STD, dtype, impl="triton")
@@ -257,6 +257,6 @@ def test_fused_kernel_on_cuda_matches_reference(size, geometry, dtype):
         assert ((g_.float() - w_).abs() <= bound).all()
     batch = Batch(views=[x_mix], labels=torch.zeros(64, dtype=torch.long, device=dev),
                   stream=torch.zeros(64, dtype=torch.long, device=dev), geometry=[geos[0]])
-    (got_n,) = A.normalize_views(batch, MEAN, STD, impl="auto")  # auto -> Triton on CUDA
-    (want_n,) = A.normalize_views(batch, MEAN, STD, impl="torch")
+    (got_n,) = A.Augmenter(MEAN, STD, impl="auto").views(batch)  # auto -> Triton on CUDA
+    (want_n,) = A.Augmenter(MEAN, STD, impl="torch").views(batch)
     torch.testing.assert_close(got_n, want_n, atol=1e-6, rtol=0)

@@ -15,10 +15,11 @@ import torch.nn.functional as F
 
 from fasttrain.config import ConfigError, load_config
 from fasttrain.batch import Batch
-from fasttrain.methods import METHODS, MethodContext, Progress
+from fasttrain.methods import METHODS, Progress
 from fasttrain.methods.balanced_softmax import BalancedSoftmax, BalancedSoftmaxConfig
 from fasttrain.methods.ldam_drw import LDAMDRW, LDAMDRWConfig, NormedLinear, ldam_margins
 from fasttrain.methods.logit_adjust import LogitAdjust, LogitAdjustConfig
+from helpers import method_context
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((ROOT / "configs" / "baselines").glob("*.yaml"))
@@ -26,10 +27,8 @@ COUNTS = (5000, 500, 50)
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-def context(counts=COUNTS) -> MethodContext:
-    return MethodContext(num_classes=len(counts), train_counts=torch.tensor(counts), mean=MEAN, std=STD,
-                         device=torch.device("cpu"), compute_dtype=torch.float32, mix_impl="torch",
-                         loss_impl="torch", seed=0)
+def context(counts=COUNTS):
+    return method_context(counts, 0, MEAN, STD)
 
 
 class FixedLogits(nn.Module):
@@ -275,18 +274,19 @@ def test_bad_method_values_are_config_errors(tmp_path):
     ("ldam_drw_cifar10_lt_r100", ["train.epochs=2", "method.drw_start=1", "train.eval_every=2"]),
 ])
 def test_short_cpu_training_run(cifar10_root, tmp_path, monkeypatch, config, extra):
+    import fasttrain.build as build_mod
     import fasttrain.trainer as trainer_mod
 
     # Real data end to end, but evaluate on every 40th test image (250, 25 per class): the full
     # 10k-image ResNet-32 evaluation alone takes ~45 s on a 2-core CPU.
-    build = trainer_mod.build_datasets
+    build = build_mod.build_datasets
 
     def build_with_small_eval(cfg):
         train_set, eval_set = build(cfg)
         keep = slice(None, None, 40)
         return train_set, dataclasses.replace(eval_set, labels=eval_set.labels[keep], images=eval_set.images[keep])
 
-    monkeypatch.setattr(trainer_mod, "build_datasets", build_with_small_eval)
+    monkeypatch.setattr(build_mod, "build_datasets", build_with_small_eval)
 
     overrides = [f"data.root={cifar10_root}", f"out_dir={tmp_path}", "device=cpu", "train.epochs=1",
                  "train.max_steps_per_epoch=2", "loader.num_workers=0", "loader.batch_size=16",

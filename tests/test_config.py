@@ -62,3 +62,37 @@ def test_all_shipped_configs_load():
     assert files
     for p in files:
         load_config(p)
+
+
+def test_moved_key_names_its_new_home(tmp_path):
+    p = write(tmp_path, "old.yaml", {"loader": {"mix_impl": "torch"}})
+    with pytest.raises(ConfigError, match=r"loader.mix_impl: this key moved to augment.mix_impl"):
+        load_config(p)
+    assert load_config(write(tmp_path, "new.yaml", {"augment": {"mix_impl": "torch"}})).augment.mix_impl == "torch"
+
+
+@pytest.mark.parametrize("override", ["loader.sampler=class_balanced", "loader.sampler_q=0.5", "loader.class_aware_k=4"])
+def test_methods_with_fixed_streams_reject_a_sampler_they_would_ignore(tmp_path, override):
+    p = write(tmp_path, "g.yaml", {"method": {"name": "glmc"}})
+    with pytest.raises(ConfigError, match="method glmc draws its own sample streams"):
+        load_config(p, [override])
+    m = write(tmp_path, "m.yaml", {"method": {"name": "maxnorm"}})
+    with pytest.raises(ConfigError, match="method maxnorm draws its own"):
+        load_config(m, [override])
+    assert load_config(write(tmp_path, "ce.yaml", {}), [override]).method.name == "ce"  # CE uses it
+
+
+def test_a_first_stage_method_cannot_be_a_later_stage(tmp_path):
+    """Whether a method may continue a stage is one class attribute, checked for every method."""
+    import torch.nn as nn
+
+    from fasttrain.methods import METHODS
+
+    first = [n for n, m in METHODS.items() if not m.continues_stage]
+    assert {"ce", "glmc", "balanced_softmax", "logit_adjust", "ldam_drw"} <= set(first)
+    assert METHODS["maxnorm"].continues_stage
+    previous = nn.Linear(2, 2)
+    for name in first:
+        method = METHODS[name].__new__(METHODS[name])  # build_model's check runs before any state is used
+        with pytest.raises(ValueError, match="single-stage method, cannot continue"):
+            method.build_model(None, previous)

@@ -1,6 +1,9 @@
-"""DALI loader backend: Batch contract, sampler order, augmentation, reproducibility, bad files.
+"""DALI loader backend: augmentation, normalised output, reproducibility, bad files, GPU decode.
 
-CPU tests run the DALI CPU pipeline (device_id=None); `gpu`-marked tests run the mixed decoder.
+The batch contract, sampler order, resume, sharding and the eval match with the torch backend
+are in test_loader_conformance.py; header parsing and the crop-parameter draws (no DALI needed)
+in test_image_params.py. CPU tests run the DALI CPU pipeline (device_id=None); `gpu`-marked
+tests run the mixed decoder.
 """
 from __future__ import annotations
 
@@ -10,42 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import jpeg_corpus, make_sampler
 
 dali = pytest.importorskip("nvidia.dali", reason="DALI not installed (pip install fasttrain[dali])")
 
 from fasttrain.config import AugmentConfig, LoaderConfig  # noqa: E402
 from fasttrain.data.index import DatasetError, LTDataset  # noqa: E402
-from fasttrain.loaders.dali import DaliLoader, dali_available, eval_roi, image_size, sample_rrc  # noqa: E402
-from fasttrain.samplers import build_sampler  # noqa: E402
-
-NUM_CLASSES = 4
-COUNTS = [12, 6, 4, 2]  # long-tailed, 24 images
-
-
-def _jpeg(seed: int, height: int, width: int) -> bytes:
-    """Smooth random content (bicubic upsampled 6x6 noise + mild texture), quality 90."""
-    from torchvision.io import encode_jpeg
-
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, 6, 6, generator=g) * 255
-    img = torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic", align_corners=False)
-    img = img + 8 * torch.randn(1, 3, height, width, generator=g)
-    return encode_jpeg(img.clamp(0, 255).to(torch.uint8)[0], quality=90).numpy().tobytes()
+from fasttrain.loaders.dali import DaliLoader, dali_available  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> LTDataset:
-    root = tmp_path_factory.mktemp("dali_corpus")
-    paths, labels = [], []
-    for c, n in enumerate(COUNTS):
-        for i in range(n):
-            k = len(paths)
-            h, w = (240, 320) if k % 3 else (300, 200)  # landscape and portrait
-            p = root / f"c{c}_{i}.jpg"
-            p.write_bytes(_jpeg(k, h, w))
-            paths.append(str(p))
-            labels.append(c)
-    return LTDataset("dali_test", NUM_CLASSES, np.array(labels), np.array(COUNTS), paths=paths)
+    return jpeg_corpus(tmp_path_factory.getbasetemp() / "jpeg_lt_corpus")
 
 
 def _aug(**kw) -> AugmentConfig:
@@ -58,71 +37,16 @@ def _loader(ds, samplers, *, views=1, train=True, bs=8, seed=0, aug=None, **cfg)
 
 
 def _sampler(ds, kind="instance", seed=0, **kw):
-    return build_sampler(kind, torch.as_tensor(ds.labels), ds.num_classes, seed=seed, **kw)
+    return make_sampler(ds, kind, seed, **kw)
 
 
-# --- contract ----------------------------------------------------------------------------------
+# --- availability ------------------------------------------------------------------------------
 
 
 def test_available_reports_version():
     ok, msg = dali_available()
     assert ok and dali.__version__ in msg
-
-
-def test_batch_contract_two_streams_stream_major(corpus):
-    s0, s1 = _sampler(corpus), _sampler(corpus, "class_balanced", seed=3)
-    ld = _loader(corpus, [s0, s1], views=2, bs=10)  # 5 rows per stream
-    assert len(ld) == 5  # ceil(24 / 5): the first sampler defines the epoch length
-    o0, o1 = s0.order(0), s1.order(0)
-    batches = list(ld)
-    assert len(batches) == len(ld)
-    pos = 0
-    for b in batches:
-        assert len(b.views) == 2 and b.num_streams == 2 and not b.normalized
-        n = b.size
-        for v in b.views:
-            assert v.dtype == torch.uint8 and v.device.type == "cpu"
-            assert v.shape == (n, 3, 64, 64)
-            assert v.is_contiguous(memory_format=torch.channels_last)
-        assert b.labels.dtype == torch.int64 and b.stream.dtype == torch.int64
-        half = n // 2
-        # rows are stream-major and follow each sampler's order exactly
-        assert b.stream.tolist() == [0] * half + [1] * half
-        assert b.index[:half].tolist() == o0[pos:pos + half].tolist()
-        assert b.index[half:].tolist() == o1[pos:pos + half].tolist()  # truncated to the first
-        assert b.labels.tolist() == corpus.labels[b.index.numpy()].tolist()
-        assert b.index[b.stream_rows(1)].tolist() == b.index[half:].tolist()
-        pos += half
-    assert pos == len(o0)
-    assert batches[-1].size == 8  # 24 = 4*5 + 4 rows per stream: partial last batch kept
-
-
-def test_drop_last_and_eval_order(corpus):
-    ld = _loader(corpus, [_sampler(corpus)], bs=10, drop_last=True)
-    sizes = [b.size for b in ld]
-    assert len(ld) == 2 and sizes == [10, 10]
-    ev = _loader(corpus, None, train=False, bs=10, drop_last=True)  # eval never drops
-    idx = torch.cat([b.index for b in ev]).tolist()
-    assert len(ev) == 3 and idx == list(range(len(corpus)))
-
-
-def test_class_frequencies_equal_sampler(corpus):
-    s = _sampler(corpus, "class_balanced", seed=7)
-    ld = _loader(corpus, [s], bs=8)
-    got = torch.bincount(torch.cat([b.labels for b in ld]), minlength=NUM_CLASSES)
-    want = torch.bincount(torch.as_tensor(corpus.labels)[s.order(0)], minlength=NUM_CLASSES)
-    assert got.tolist() == want.tolist()
-    # class-balanced draws really changed the long-tailed frequencies
-    assert got.tolist() != COUNTS
-
-
-def test_sharding_partitions_the_epoch(corpus):
-    seen = []
-    for rank in range(2):
-        s = _sampler(corpus, rank=rank, world_size=2)
-        ld = _loader(corpus, [s], bs=4)
-        seen += torch.cat([b.index for b in ld]).tolist()
-    assert sorted(seen) == list(range(len(corpus)))
+    assert DaliLoader.available() == (ok, msg)  # what `fasttrain info` and the conformance suite see
 
 
 # --- augmentation -------------------------------------------------------------------------------
@@ -143,30 +67,6 @@ def test_grayscale_p1_gives_gray_views(corpus):
     assert (v[:, 0] - v[:, 1]).abs().max() <= 2 and (v[:, 1] - v[:, 2]).abs().max() <= 2
 
 
-def test_rrc_params_follow_torchvision_semantics():
-    rng = np.random.default_rng(0)
-    h = np.full(4000, 300)
-    w = np.full(4000, 200)
-    anchor, shape = sample_rrc(rng, h, w, (0.08, 1.0), (3 / 4, 4 / 3))
-    assert (anchor >= 0).all() and (anchor[:, 0] + shape[:, 0] <= 300).all() and (anchor[:, 1] + shape[:, 1] <= 200).all()
-    frac = shape.prod(1) / (300 * 200)
-    assert frac.min() >= 0.07 and frac.max() <= 1.0
-    # torchvision's distribution: area ~ U(0.08, 1) before rejection -> mean area fraction ~0.5
-    # (rejection of tall/wide large crops lowers it a bit); flips of the log-ratio are symmetric.
-    assert 0.35 < frac.mean() < 0.55
-    # impossible ratio -> centre fallback with the ratio clamped
-    a2, s2 = sample_rrc(rng, np.array([100]), np.array([1000]), (0.9, 1.0), (1.0, 1.0))
-    assert s2.tolist() == [[100, 100]] and a2.tolist() == [[0, 450]]
-
-
-def test_eval_roi_matches_resize_then_center_crop():
-    anchor, shape = eval_roi(np.array([300]), np.array([200]), 73, 64)
-    # Resize(73) of 200x300 (w x h) -> 73 x int(73*300/200)=109; crop top = round((109-64)/2) = 22
-    sy, sx = 300 / 109, 200 / 73
-    assert np.allclose(anchor[0], [22 * sy, round((73 - 64) / 2) * sx], atol=1e-4)
-    assert np.allclose(shape[0], [64 * sy, 64 * sx], atol=1e-4)
-
-
 def _torch_loader(ds, samplers, *, train, views=1, bs=8, aug=None):
     from fasttrain.loaders.torch_backend import TorchLoader
 
@@ -177,24 +77,6 @@ def _torch_loader(ds, samplers, *, train, views=1, bs=8, aug=None):
 def _channel_stats(batches) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.cat([v.float() for b in batches for v in b.views])
     return x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
-
-
-def test_eval_images_match_torch_backend(corpus):
-    """Resize 256-style + centre crop: same pixels up to decoder/resampler rounding.
-
-    Both decode with libjpeg-turbo-class IDCTs and resample with an antialiased linear filter,
-    so pixels differ by rounding only: measured mean absolute difference 0.11 grey levels and
-    channel mean/std within 0.002; we allow 1 level and 0.5 level (an off-by-one crop offset or
-    a non-antialiased resize already exceeds these).
-    """
-    pytest.importorskip("fasttrain.loaders.torch_backend")
-    d = list(_loader(corpus, None, train=False))
-    t = list(_torch_loader(corpus, None, train=False))
-    dv = torch.cat([b.views[0] for b in d]).float()
-    tv = torch.cat([b.views[0] for b in t]).float()
-    assert (dv - tv).abs().mean() < 1.0  # measured: 0.11
-    (dm, ds), (tm, ts) = _channel_stats(d), _channel_stats(t)
-    assert (dm - tm).abs().max() < 0.5 and (ds - ts).abs().max() < 0.5  # measured: < 0.002
 
 
 def test_train_statistics_close_to_torch_backend(corpus):
@@ -261,18 +143,10 @@ def test_stopping_early_then_a_full_epoch(corpus):
     for i, _ in enumerate(ld):  # e.g. train.max_steps_per_epoch: the consumer breaks
         if i == 0:
             break
-    ld.position = 0
+    assert ld.position == 1  # the step it received counts as delivered
+    ld.position = 0  # start the epoch over
     again = [b.views[0] for b in ld]
     assert len(again) == len(full) and all(torch.equal(x, y) for x, y in zip(again, full))
-
-
-def test_resume_mid_epoch_sees_the_same_batches(corpus):
-    a = _loader(corpus, [_sampler(corpus)], seed=1)
-    full = [b.views[0] for b in a]
-    b = _loader(corpus, [_sampler(corpus)], seed=1)
-    b.load_state_dict({"epoch": 0, "position": 2})
-    rest = [x.views[0] for x in b]
-    assert len(rest) == len(full) - 2 and all(torch.equal(x, y) for x, y in zip(rest, full[2:]))
 
 
 # --- bad files ----------------------------------------------------------------------------------
@@ -336,12 +210,6 @@ def test_in_memory_dataset_rejected():
     ds = LTDataset("mem", 2, np.array([0, 1]), np.array([1, 1]), images=np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="loader.backend=tensor"):
         _loader(ds, None, train=False)
-
-
-def test_image_size_header_parse(corpus):
-    data = np.fromfile(corpus.paths[0], dtype=np.uint8)
-    assert image_size(data) == (300, 200)
-    assert image_size(np.fromfile(corpus.paths[1], dtype=np.uint8)) == (240, 320)
 
 
 # --- GPU ----------------------------------------------------------------------------------------

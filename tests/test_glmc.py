@@ -14,29 +14,16 @@ from fasttrain import augment as A
 from fasttrain.config import load_config, stage_config
 from fasttrain.kernels.mix import reference as R
 from fasttrain.batch import Batch
-from fasttrain.methods import METHODS, MethodContext, Progress
+from fasttrain.methods import METHODS, Progress
 from fasttrain.models import create_backbone
+from helpers import TinyBackbone, method_context
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "glmc").glob("*.yaml"))
 
 
-class TinyBackbone(nn.Module):
-    """Flatten + Linear: no BN, so fused and separate forwards must agree exactly."""
-
-    def __init__(self, hw: int = 8, d: int = 16):
-        super().__init__()
-        self.feature_dim = d
-        self.lin = nn.Linear(3 * hw * hw, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.lin(x.float().flatten(1)))
-
-
-def context(counts=(100, 10, 1), seed: int = 0) -> MethodContext:
-    return MethodContext(num_classes=len(counts), train_counts=torch.tensor(counts), mean=MEAN, std=STD,
-                         device=torch.device("cpu"), compute_dtype=torch.float32, mix_impl="torch",
-                         loss_impl="torch", seed=seed)
+def context(counts=(100, 10, 1), seed: int = 0):
+    return method_context(counts, seed, MEAN, STD)
 
 
 def make_method(**cfg) -> G.GLMC:
@@ -260,7 +247,7 @@ def test_soft_label_terms_match_hand_formula(monkeypatch):
     state = m.generator.get_state()
     _, logs = m.loss(model, batch, Progress(5, 10))
     spec = A.sample_mix(8, 8, generator=torch.Generator().set_state(state))
-    x_g, _, y_a, y_b = A.mix_glmc(batch, spec, MEAN, STD, torch.float32, "torch")
+    x_g, _, y_a, y_b = A.Augmenter(MEAN, STD, torch.float32, "torch").mix_streams(batch, spec)
     _, logits_cb, _, _ = model(x_g)
     logp = torch.log_softmax(logits_cb.detach(), 1)
     w = torch.tensor([0.01, 0.1, 1.0]) * 3 / 1.11
@@ -377,9 +364,9 @@ def _short_run_config(tmp_path: Path):
 
 def _small_eval_set(monkeypatch, keep: int = 500) -> None:
     """Evaluate on every 20th test image (500 of 10k, all classes): the run stays short."""
-    import fasttrain.trainer as trainer_mod
+    import fasttrain.build as build_mod
 
-    real_build = trainer_mod.build_datasets
+    real_build = build_mod.build_datasets
 
     def build(cfg):
         train, test = real_build(cfg)
@@ -390,7 +377,7 @@ def _small_eval_set(monkeypatch, keep: int = 500) -> None:
             test.paths, test.labels = test.paths[::step], test.labels[::step]
         return train, test
 
-    monkeypatch.setattr(trainer_mod, "build_datasets", build)
+    monkeypatch.setattr(build_mod, "build_datasets", build)
 
 
 def test_short_cpu_run_glmc_then_maxnorm(tmp_path, monkeypatch):

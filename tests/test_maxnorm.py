@@ -11,32 +11,20 @@ import torch.nn.functional as F
 
 import fasttrain.methods.maxnorm as M
 from fasttrain.batch import Batch
-from fasttrain.methods import MethodContext, Progress
+from fasttrain.methods import Progress
 from fasttrain.methods.glmc import GLMC, GLMCConfig
+from helpers import TinyBackbone, method_context
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
-class TinyBackbone(nn.Module):
-    def __init__(self, hw: int = 8, d: int = 16):
-        super().__init__()
-        self.feature_dim = d
-        self.lin = nn.Linear(3 * hw * hw, d)
-        self.bn = nn.BatchNorm1d(d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.bn(self.lin(x.float().flatten(1))))
-
-
-def context(counts=(100, 10, 1)) -> MethodContext:
-    return MethodContext(num_classes=len(counts), train_counts=torch.tensor(counts), mean=MEAN, std=STD,
-                         device=torch.device("cpu"), compute_dtype=torch.float32, mix_impl="torch",
-                         loss_impl="torch", seed=0)
+def context(counts=(100, 10, 1)):
+    return method_context(counts, 0, MEAN, STD)
 
 
 def glmc_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return GLMC(GLMCConfig(), context()).build_model(TinyBackbone())
+    return GLMC(GLMCConfig(), context()).build_model(TinyBackbone(bn=True))
 
 
 def batch(b: int = 16, seed: int = 0) -> Batch:
@@ -137,9 +125,9 @@ def test_cb_ce_is_weighted_softmax_ce_over_the_batch():
     model.eval()
     bt = batch()
     loss, _ = m.loss(model, bt, Progress(0, 1))
-    from fasttrain.augment import normalize_views
+    from fasttrain.augment import Augmenter
 
-    (x,) = normalize_views(bt, MEAN, STD, torch.float32, "torch")
+    (x,) = Augmenter(MEAN, STD, torch.float32, "torch").views(bt)
     logits = model.fc_cb(model.backbone(x))
     expect = -(m.weights[bt.labels] * torch.log_softmax(logits, 1)[torch.arange(16), bt.labels]).mean()
     torch.testing.assert_close(loss, expect)
@@ -148,11 +136,11 @@ def test_cb_ce_is_weighted_softmax_ce_over_the_batch():
 def test_standalone_builds_glmc_structure_so_a_checkpoint_loads_strictly():
     state = glmc_model(seed=3).state_dict()
     m = M.MaxNorm(M.MaxNormConfig(), context())
-    model = m.build_model(TinyBackbone(), None)
+    model = m.build_model(TinyBackbone(bn=True), None)
     model.load_state_dict(state)  # strict
     previous = glmc_model()
-    assert m.build_model(TinyBackbone(), previous) is previous
-    wide = M.MaxNorm(M.MaxNormConfig(base_config={"proj_dim": 32}), context()).build_model(TinyBackbone(), None)
+    assert m.build_model(TinyBackbone(bn=True), previous) is previous
+    wide = M.MaxNorm(M.MaxNormConfig(base_config={"proj_dim": 32}), context()).build_model(TinyBackbone(bn=True), None)
     assert wide.projector.out_features == 32
 
 
@@ -170,7 +158,7 @@ def test_bad_config_and_head_errors():
         with pytest.raises(ValueError, match=key):
             M.MaxNormConfig(**kw).validate()
     with pytest.raises(ValueError, match="no Linear head 'classifier'"):
-        M.MaxNorm(M.MaxNormConfig(head="classifier"), context()).build_model(TinyBackbone(), glmc_model())
+        M.MaxNorm(M.MaxNormConfig(head="classifier"), context()).build_model(TinyBackbone(bn=True), glmc_model())
 
 
 def test_threshold_survives_resume():

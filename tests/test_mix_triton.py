@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from fasttrain import augment as A  # noqa: E402
 from fasttrain.data.index import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from fasttrain.kernels.mix import function as F  # noqa: E402
-from fasttrain.batch import Batch  # noqa: E402
+from fasttrain.batch import Batch, random_geometry  # noqa: E402
 
 MEAN, STD = CIFAR100_MEAN, CIFAR100_STD  # std 0.2: the largest normalised magnitudes
 
@@ -33,8 +33,8 @@ def bf16_ulp(x: torch.Tensor) -> torch.Tensor:
 
 def draws(n, h, w, pad, seed):
     g = torch.Generator().manual_seed(seed)
-    geo_m = A.random_geometry(n, pad, True, g, "cpu") if pad is not None else None
-    geo_c = A.random_geometry(n, pad, True, g, "cpu") if pad is not None else None
+    geo_m = random_geometry(n, pad, True, g, "cpu") if pad is not None else None
+    geo_c = random_geometry(n, pad, True, g, "cpu") if pad is not None else None
     perm = torch.randperm(n, generator=g)
     m = n // 2
     spec = A.sample_mix(h, w, generator=g)
@@ -82,14 +82,14 @@ def test_mix_kernel_bf16_within_one_rounding_step(n, h, w, pad):
 @pytest.mark.parametrize("pad", [4, None])
 def test_normalize_kernel_matches_reference(pad):
     x = images(5, 16, 16, 10)
-    geo = A.random_geometry(5, pad, True, torch.Generator().manual_seed(1), "cpu") if pad else None
+    geo = random_geometry(5, pad, True, torch.Generator().manual_seed(1), "cpu") if pad else None
     batch = Batch(views=[x], labels=torch.zeros(5, dtype=torch.long), stream=torch.zeros(5, dtype=torch.long),
                   geometry=[geo])
-    (got,) = A.normalize_views(batch, MEAN, STD, impl="triton")
-    (want,) = A.normalize_views(batch, MEAN, STD, impl="torch")
+    (got,) = A.Augmenter(MEAN, STD, impl="triton").views(batch)
+    (want,) = A.Augmenter(MEAN, STD, impl="torch").views(batch)
     assert got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
-    (got16,) = A.normalize_views(batch, MEAN, STD, dtype=torch.bfloat16, impl="triton")
+    (got16,) = A.Augmenter(MEAN, STD, dtype=torch.bfloat16, impl="triton").views(batch)
     assert ((got16.float() - want).abs() <= bf16_ulp(want)).all()
 
 

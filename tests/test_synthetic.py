@@ -8,10 +8,10 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
+from fasttrain.compat import quiet_tvio_deprecation
 from fasttrain.config import RunConfig
 from fasttrain.data import build_datasets
-from fasttrain.data.download import main as data_main
-from fasttrain.data.download import quiet_tvio_deprecation
+from fasttrain.data.cli import main as data_main
 from fasttrain.data.folder import build_folder_dataset
 from fasttrain.data.lists import build_list_dataset
 from fasttrain.data.synthetic import META_FILE, class_counts, make_synthetic_corpus, render

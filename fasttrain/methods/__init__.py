@@ -1,21 +1,13 @@
-"""Methods registry: adding a method = one file + one line here."""
+"""Methods: one file each, registered by `@register` under the class's `name`.
+
+Adding a method = one file in this package + one import line below. `METHODS` (from base.py)
+is the one list of names that the config, `fasttrain info` and the stage mechanism read.
+"""
 from __future__ import annotations
 
-from fasttrain.methods.base import Method, MethodConfig, MethodContext, Progress, StreamSpec
-from fasttrain.methods.balanced_softmax import BalancedSoftmax
-from fasttrain.methods.ce import CrossEntropy
-from fasttrain.methods.glmc import GLMC
-from fasttrain.methods.ldam_drw import LDAMDRW
-from fasttrain.methods.logit_adjust import LogitAdjust
-from fasttrain.methods.maxnorm import MaxNorm
+from fasttrain.methods import balanced_softmax, ce, glmc, ldam_drw, logit_adjust, maxnorm  # noqa: F401 (registers)
+from fasttrain.methods.base import (METHODS, Method, MethodConfig, MethodContext, Progress, StageMethod,
+                                    StageMethodConfig, StreamSpec, register)
 
-METHODS: dict[str, type[Method]] = {
-    "ce": CrossEntropy,
-    "glmc": GLMC,
-    "maxnorm": MaxNorm,
-    "balanced_softmax": BalancedSoftmax,
-    "logit_adjust": LogitAdjust,
-    "ldam_drw": LDAMDRW,
-}
-
-__all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "Progress", "StreamSpec"]
+__all__ = ["METHODS", "Method", "MethodConfig", "MethodContext", "Progress", "StageMethod", "StageMethodConfig",
+           "StreamSpec", "register"]

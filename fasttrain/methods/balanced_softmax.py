@@ -17,22 +17,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.methods.base import MethodConfig, refuse_previous_stage
+from fasttrain.methods.base import MethodConfig, register
 from fasttrain.methods.ce import CrossEntropy
-from fasttrain.models import Classifier
+from fasttrain.methods.priors import log_count_offset
 
 
 @dataclass
 class BalancedSoftmaxConfig(MethodConfig):
-    name: str = "balanced_softmax"
+    pass
 
 
-def log_count_offset(counts: torch.Tensor) -> torch.Tensor:
-    """log n_c as fp32 (computed in float64). A class absent from training (n_c = 0) gets the
-    offset of a singleton class instead of −inf, so its logit stays trainable and finite."""
-    return counts.double().clamp_min(1).log().float()
-
-
+@register
 class BalancedSoftmax(CrossEntropy):
     name = "balanced_softmax"
     config_class = BalancedSoftmaxConfig
@@ -42,10 +37,6 @@ class BalancedSoftmax(CrossEntropy):
         super().__init__(cfg, ctx)
         self.offset = log_count_offset(ctx.train_counts).to(ctx.device)
         self.train_offset = self.offset  # CE's loss with logits + log n_c
-
-    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        refuse_previous_stage(self.name, previous)
-        return Classifier(backbone, self.ctx.num_classes)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

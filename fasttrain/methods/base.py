@@ -1,26 +1,61 @@
-"""The Method interface: one file per method, registered in `fasttrain.methods.METHODS`.
+"""The Method interface and the methods registry.
 
-A method decides the model it trains (backbone + heads), which sample streams it needs,
-how many augmented views per image, and the loss of one batch. Everything else (data,
-optimiser, schedule, AMP, checkpoints, evaluation) is the trainer's job.
+A method decides the model it trains (backbone + heads), which sample streams it needs, how
+many augmented views per image, and the loss of one batch. Everything else (data, optimiser,
+schedule, AMP, checkpoints, evaluation) belongs to the trainer. Each method is one file in this
+package whose class is decorated with `@register`; `fasttrain/methods/__init__.py` imports the
+file (one line), and `METHODS` — the one list of method names, keyed by the class's `name` — is
+what the config, `fasttrain info` and the stage mechanism read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 
+from fasttrain.augment import Augmenter
+from fasttrain.schema import build_dataclass
+
+METHODS: dict[str, type["Method"]] = {}
+
+
+def register(cls: type["Method"]) -> type["Method"]:
+    """Class decorator: add a method to `METHODS` under its `name`."""
+    if cls.name in METHODS:
+        raise ValueError(f"method name {cls.name!r} registered twice ({METHODS[cls.name].__name__}, {cls.__name__})")
+    METHODS[cls.name] = cls
+    return cls
+
 
 @dataclass
 class MethodConfig:
-    """Base of every method's config section (`method:` in YAML)."""
+    """Base of every method's config section (`method:` in YAML). `name` is filled in from the
+    method class (the registry key); a method's file never repeats it."""
 
-    name: str = "ce"
+    name: str = ""
 
     def validate(self) -> None:
         """Raise ValueError naming the key for impossible values."""
+
+
+@dataclass
+class StageMethodConfig(MethodConfig):
+    """Config of a method that continues a previous stage (classifier re-training, distillation).
+
+    Started alone (no previous stage in this run, weights from `model.init_from`), it builds the
+    model structure of `base_method` with that method's config keys `base_config`, so the
+    checkpoint of the earlier run loads strictly.
+    """
+
+    base_method: str = "glmc"
+    base_config: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        first_stage = sorted(n for n, m in METHODS.items() if not m.continues_stage)
+        if self.base_method not in first_stage:
+            raise ValueError(f"method.base_method: expected one of {first_stage}, got {self.base_method!r}")
 
 
 @dataclass
@@ -48,35 +83,32 @@ class Progress:
 
 @dataclass
 class MethodContext:
-    """What a method needs to know about the run (built by the trainer)."""
+    """What a method needs to know about the run (built once by the run builder)."""
 
     num_classes: int
     train_counts: torch.Tensor  # int64 (C,) on the training device
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    augmenter: Augmenter  # uint8 views -> normalised / mixed model inputs (the one owner)
     device: torch.device
-    compute_dtype: torch.dtype  # dtype of the normalised views fed to the model
-    mix_impl: str = "auto"  # fused mix kernel dispatch: auto | triton | torch
     loss_impl: str = "auto"  # fused loss kernel dispatch: auto | triton | torch
     seed: int = 0
-    default_stream: StreamSpec | None = None  # from the loader config
-
-
-def refuse_previous_stage(method: str, previous: nn.Module | None) -> None:
-    """Single-stage (first-stage) methods build a fresh model: they cannot continue a stage."""
-    if previous is not None:
-        raise ValueError(f"method {method}: single-stage method, cannot continue from a previous stage's "
-                         "model (use model.init_from to start from a checkpoint)")
+    default_stream: StreamSpec | None = None  # from loader.sampler / sampler_q / class_aware_k
 
 
 class Method:
-    """Base class; subclasses set `name`, `config_class` and implement `build_model` and `loss`."""
+    """Base class; subclasses set `name`, `config_class`, implement `new_model` and `loss`."""
 
     name: ClassVar[str] = "base"
     config_class: ClassVar[type] = MethodConfig
-    num_views: int = 1
+    num_views: ClassVar[int] = 1
+    # True: the method continues the previous stage's model (MaxNorm, cRT, LWS, SSD II-IV);
+    # False: it trains a fresh model and refuses to be a later stage.
+    continues_stage: ClassVar[bool] = False
+    # True: the method draws its own streams (GLMC, MaxNorm), so a loader.sampler setting
+    # would be ignored — the config rejects one instead.
+    fixed_streams: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
+        cfg.name = self.name
         self.cfg = cfg
         self.ctx = ctx
         # Host-side RNG for per-step draws (MixUp lambda, boxes): no device sync, and its
@@ -88,8 +120,25 @@ class Method:
         return [self.ctx.default_stream or StreamSpec()]
 
     # --- model ---------------------------------------------------------------------------------
-    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
+    def build_model(self, backbone: nn.Module | None, previous: nn.Module | None = None) -> nn.Module:
+        """The model this method trains: the previous stage's model when there is one (only for
+        `continues_stage` methods), else a fresh one on `backbone`."""
+        if previous is not None:
+            if not self.continues_stage:
+                raise ValueError(f"method {self.name}: single-stage method, cannot continue from a previous "
+                                 "stage's model (use model.init_from to start from a checkpoint)")
+            model = previous
+        else:
+            model = self.new_model(backbone)
+        self.check_model(model)
+        return model
+
+    def new_model(self, backbone: nn.Module) -> nn.Module:
+        """A fresh model on `backbone` (backbone + this method's heads)."""
         raise NotImplementedError  # abstract: every registered method implements it
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise ValueError when `model` lacks what this method needs (e.g. a named head)."""
 
     def prepare(self, model: nn.Module) -> None:
         """Called once after the model's weights are final (after `model.init_from` or the
@@ -121,3 +170,15 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "generator" in state:
             self.generator.set_state(state["generator"])
+
+
+class StageMethod(Method):
+    """A method that continues the previous stage's model; alone, it builds `base_method`'s."""
+
+    config_class: ClassVar[type] = StageMethodConfig
+    continues_stage: ClassVar[bool] = True
+
+    def new_model(self, backbone: nn.Module) -> nn.Module:
+        base_cls = METHODS[self.cfg.base_method]
+        base_cfg = build_dataclass(base_cls.config_class, dict(self.cfg.base_config), "method.base_config")
+        return base_cls(base_cfg, self.ctx).new_model(backbone)

@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fasttrain.augment import mix_glmc, sample_mix
+from fasttrain.augment import sample_mix
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec, refuse_previous_stage
+from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec, register
+from fasttrain.methods.priors import power_weights
 from fasttrain.models import CifarResNet
 
 PREDICT_HEADS = ("fc_cb", "fc", "sum")
@@ -34,7 +35,6 @@ HEAD_INITS = ("auto", "kaiming", "default")
 
 @dataclass
 class GLMCConfig(MethodConfig):
-    name: str = "glmc"
     # Re-sampled stream: per-sample weight n_c^-q (code's --resample_weighting; 0.0 or 0.2).
     resample_q: float = 0.0
     # Soft-label class weights w_c ∝ n_c^-γ, mean 1 over classes (code's --label_weighting).
@@ -108,9 +108,7 @@ class GLMCNet(nn.Module):
 
 def class_weights(counts: torch.Tensor, gamma: float) -> torch.Tensor:
     """w_c = n_c^-γ / Σ_k n_k^-γ · C (mean 1 over classes), fp32 (code's update_weight)."""
-    n = counts.double().clamp_min(1)  # an empty class would give inf; LT sets have n_c >= 1
-    w = n.pow(-gamma)
-    return (w / w.sum() * len(n)).float()
+    return power_weights(counts, gamma)
 
 
 def cumulative_alpha(epoch: int, epochs: int) -> float:
@@ -138,10 +136,12 @@ def select_logits(logits: torch.Tensor, logits_cb: torch.Tensor, head: str) -> t
     raise ValueError(f"method.predict_head: expected one of {list(PREDICT_HEADS)}, got {head!r}")
 
 
+@register
 class GLMC(Method):
     name = "glmc"
     config_class = GLMCConfig
     num_views = 2
+    fixed_streams = True  # instance + power(q = method.resample_q); loader.sampler is rejected
 
     def __init__(self, cfg: GLMCConfig, ctx):
         super().__init__(cfg, ctx)
@@ -151,9 +151,8 @@ class GLMC(Method):
     def streams(self) -> list[StreamSpec]:
         return [StreamSpec(sampler="instance"), StreamSpec(sampler="power", q=self.cfg.resample_q)]
 
-    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
+    def new_model(self, backbone: nn.Module) -> nn.Module:
         cfg = self.cfg
-        refuse_previous_stage(self.name, previous)
         proj = cfg.proj_dim or default_proj_dim(backbone.feature_dim)
         kaiming = cfg.head_init == "kaiming" or (cfg.head_init == "auto" and isinstance(backbone, CifarResNet))
         return GLMCNet(backbone, self.ctx.num_classes, proj, cfg.separate_cb_head, kaiming)
@@ -173,7 +172,7 @@ class GLMC(Method):
         height, width = batch.views[0].shape[-2:]
         spec = sample_mix(int(height), int(width), beta=cfg.mix_beta,
                           area_correct=cfg.cutmix_area_correct, generator=self.generator)
-        x_g, x_l, y_a, y_b = mix_glmc(batch, spec, ctx.mean, ctx.std, ctx.compute_dtype, ctx.mix_impl)
+        x_g, x_l, y_a, y_b = ctx.augmenter.mix_streams(batch, spec)
         (o_g, ocb_g, z_g, p_g), (o_l, ocb_l, z_l, p_l) = self._forward_pair(model, x_g, x_l)
 
         def sce(logits: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> torch.Tensor:

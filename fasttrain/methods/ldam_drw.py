@@ -33,10 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fasttrain.augment import normalize_views
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress, refuse_previous_stage
-from fasttrain.methods.maxnorm import effective_number_weights  # Cui et al.'s CB weights, sum C
+from fasttrain.methods.base import Method, MethodConfig, Progress, register
+from fasttrain.methods.priors import effective_number_weights, ldam_margins
 from fasttrain.models import Classifier
 
 REWEIGHTS = ("none", "drw", "cb")
@@ -44,7 +43,6 @@ REWEIGHTS = ("none", "drw", "cb")
 
 @dataclass
 class LDAMDRWConfig(MethodConfig):
-    name: str = "ldam_drw"
     max_margin: float = 0.5  # largest margin (the rarest class's); 0 disables the margin
     scale: float = 30.0  # s multiplying the (cosine) logits inside the loss
     normed_classifier: bool = True  # cosine head without bias (code: use_norm for LDAM)
@@ -64,13 +62,6 @@ class LDAMDRWConfig(MethodConfig):
             raise ValueError(f"method.drw_start: expected an epoch >= 0, got {self.drw_start!r}")
         if not 0.0 <= self.cb_beta < 1.0:
             raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
-
-
-def ldam_margins(counts: torch.Tensor, max_margin: float) -> torch.Tensor:
-    """m_c = n_c^{-1/4} · max_margin / max_k n_k^{-1/4}, fp32 (float64 arithmetic as the code's
-    numpy). An empty class is treated as n_c = 1 (the largest margin) instead of dividing by 0."""
-    m = counts.double().clamp_min(1).pow(-0.25)
-    return (m * (max_margin / m.max())).float()
 
 
 def margin_offset(labels: torch.Tensor, margins: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -104,6 +95,7 @@ class NormedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+@register
 class LDAMDRW(Method):
     name = "ldam_drw"
     config_class = LDAMDRWConfig
@@ -114,8 +106,7 @@ class LDAMDRW(Method):
         self.margins = ldam_margins(ctx.train_counts, cfg.max_margin).to(ctx.device)
         self.cb_weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
 
-    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        refuse_previous_stage(self.name, previous)
+    def new_model(self, backbone: nn.Module) -> nn.Module:
         model = Classifier(backbone, self.ctx.num_classes)
         if self.cfg.normed_classifier:
             model.fc = NormedLinear(backbone.feature_dim, self.ctx.num_classes)
@@ -130,7 +121,7 @@ class LDAMDRW(Method):
 
     def loss(self, model, batch, progress: Progress):
         cfg, ctx = self.cfg, self.ctx
-        (x,) = normalize_views(batch, ctx.mean, ctx.std, ctx.compute_dtype, ctx.mix_impl)
+        (x,) = ctx.augmenter.views(batch)
         logits = model(x)
         y = batch.labels
         offset = margin_offset(y, self.margins, ctx.num_classes) if cfg.max_margin > 0 else None

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.methods.base import MethodConfig, refuse_previous_stage
+from fasttrain.methods.base import MethodConfig, register
 from fasttrain.methods.ce import CrossEntropy
-from fasttrain.models import Classifier
+from fasttrain.methods.priors import log_prior
 
 
 @dataclass
 class LogitAdjustConfig(MethodConfig):
-    name: str = "logit_adjust"
     tau: float = 1.0  # τ scaling the log prior
     # false: logit-adjusted loss, plain logits at test; true: plain CE, adjusted logits at test.
     posthoc: bool = False
@@ -33,13 +32,7 @@ class LogitAdjustConfig(MethodConfig):
             raise ValueError(f"method.tau: expected a finite value >= 0, got {self.tau!r}")
 
 
-def log_prior(counts: torch.Tensor) -> torch.Tensor:
-    """log π_c = log(n_c / N) as fp32 (float64 arithmetic). n_c = 0 is treated as 1 so an unseen
-    class gets a finite (very negative) prior rather than −inf."""
-    n = counts.double().clamp_min(1)
-    return (n / n.sum()).log().float()
-
-
+@register
 class LogitAdjust(CrossEntropy):
     name = "logit_adjust"
     config_class = LogitAdjustConfig
@@ -50,10 +43,6 @@ class LogitAdjust(CrossEntropy):
         self.offset = (cfg.tau * log_prior(ctx.train_counts)).to(ctx.device)  # τ·log π, (C,)
         # CE's loss with logits + τ·log π, or plain CE when the adjustment is post-hoc.
         self.train_offset = None if cfg.posthoc else self.offset
-
-    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        refuse_previous_stage(self.name, previous)
-        return Classifier(backbone, self.ctx.num_classes)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

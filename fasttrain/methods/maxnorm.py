@@ -17,14 +17,14 @@ in the run config (configs/glmc/*_maxnorm.yaml).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from fasttrain.augment import normalize_views
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec
+from fasttrain.methods.base import Progress, StageMethod, StageMethodConfig, StreamSpec, register
+from fasttrain.methods.priors import effective_number_weights
 
 PGD_EVERY = ("epoch", "step")
 LOSSES = ("cb_softmax_bce", "cb_ce")
@@ -32,12 +32,9 @@ BN_MODES = ("train", "eval")
 
 
 @dataclass
-class MaxNormConfig(MethodConfig):
-    name: str = "maxnorm"
-    # Method whose model structure to build when there is no previous stage (standalone run
-    # from a checkpoint via model.init_from), and that method's config keys (e.g. proj_dim).
-    base_method: str = "glmc"
-    base_config: dict = field(default_factory=dict)
+class MaxNormConfig(StageMethodConfig):
+    # base_method / base_config (StageMethodConfig): the model structure to build when there is
+    # no previous stage (a standalone run from a checkpoint via model.init_from).
     head: str = "fc_cb"  # the Linear head to re-train (and to predict with)
     thresh: float = 0.1  # τ of the per-layer max-norm threshold
     pgd_every: str = "epoch"  # epoch (reference code) | step (paper wording)
@@ -48,6 +45,7 @@ class MaxNormConfig(MethodConfig):
     bn_mode: str = "train"
 
     def validate(self) -> None:
+        super().validate()
         if self.pgd_every not in PGD_EVERY:
             raise ValueError(f"method.pgd_every: expected one of {list(PGD_EVERY)}, got {self.pgd_every!r}")
         if self.loss not in LOSSES:
@@ -58,18 +56,6 @@ class MaxNormConfig(MethodConfig):
             raise ValueError(f"method.thresh: expected a value in [0, 1], got {self.thresh!r}")
         if not 0.0 <= self.cb_beta < 1.0:
             raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
-        from fasttrain.methods import METHODS  # late import: the registry imports this module
-
-        if self.base_method not in METHODS or self.base_method == "maxnorm":
-            choices = sorted(m for m in METHODS if m != "maxnorm")
-            raise ValueError(f"method.base_method: expected one of {choices}, got {self.base_method!r}")
-
-
-def effective_number_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
-    """Cui et al.: w_c = (1 − β) / (1 − β^{n_c}), normalised to sum to C; fp32."""
-    n = counts.double()
-    w = (1.0 - beta) / (1.0 - torch.pow(torch.full_like(n, beta), n)).clamp_min(1e-12)
-    return (w / w.sum() * len(n)).float()
 
 
 def cb_softmax_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -104,10 +90,12 @@ def project_rows(weight: torch.Tensor, delta: torch.Tensor) -> None:
     weight.mul_(scale.to(weight.dtype))
 
 
-class MaxNorm(Method):
+@register
+class MaxNorm(StageMethod):
     name = "maxnorm"
     config_class = MaxNormConfig
     num_views = 1
+    fixed_streams = True  # instance sampling, as the reference; loader.sampler is rejected
 
     def __init__(self, cfg: MaxNormConfig, ctx):
         super().__init__(cfg, ctx)
@@ -117,19 +105,8 @@ class MaxNorm(Method):
     def streams(self) -> list[StreamSpec]:
         return [StreamSpec(sampler="instance")]
 
-    def build_model(self, backbone: nn.Module, previous: nn.Module | None = None) -> nn.Module:
-        if previous is not None:
-            model = previous
-        else:  # standalone: the base method's structure, so its checkpoint loads strictly
-            from fasttrain.config import build_dataclass
-            from fasttrain.methods import METHODS
-
-            base_cls = METHODS[self.cfg.base_method]
-            base_cfg = build_dataclass(base_cls.config_class, dict(self.cfg.base_config), "method.base_config")
-            base_cfg.name = self.cfg.base_method
-            model = base_cls(base_cfg, self.ctx).build_model(backbone, None)
+    def check_model(self, model: nn.Module) -> None:
         self._head(model)  # fail early on a wrong `head`
-        return model
 
     def _head(self, model: nn.Module) -> nn.Linear:
         head = getattr(model, self.cfg.head, None)
@@ -160,7 +137,7 @@ class MaxNorm(Method):
     def loss(self, model, batch, progress: Progress):
         if self.cfg.bn_mode == "eval":
             model.backbone.eval()  # the trainer puts the whole model in train mode per epoch
-        (x,) = normalize_views(batch, self.ctx.mean, self.ctx.std, self.ctx.compute_dtype, self.ctx.mix_impl)
+        (x,) = self.ctx.augmenter.views(batch)
         logits = self._logits(model, x)
         if self.cfg.loss == "cb_softmax_bce":
             loss = cb_softmax_bce(logits, batch.labels, self.weights)

@@ -1,4 +1,4 @@
 """Fused normalize + crop/flip + MixUp/CutMix (reference.py = spec, triton_kernel.py, function.py)."""
-from .function import fused_mix, fused_normalize
+from .function import IMPLS, fused_mix, fused_normalize
 
-__all__ = ["fused_mix", "fused_normalize"]
+__all__ = ["IMPLS", "fused_mix", "fused_normalize"]

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from fasttrain.batch import Geometry
-
 from . import reference
+from .reference import Crop
 
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+IMPLS = ("auto", "triton", "torch")  # Triton on CUDA (auto) | always Triton | the reference
 BLOCK = 1024
 
 
@@ -37,14 +37,14 @@ def use_triton(impl: str, device: torch.device) -> bool:
         return False
     if impl == "triton":
         if not triton_available():
-            raise RuntimeError("loader.mix_impl=triton: triton is not installed (pip install triton)")
+            raise RuntimeError("mix kernel impl='triton': triton is not installed (pip install triton)")
         if device.type != "cuda" and not _interpreting():
-            raise RuntimeError("loader.mix_impl=triton needs CUDA tensors (or TRITON_INTERPRET=1 on CPU); "
-                               "use mix_impl=auto or torch")
+            raise RuntimeError("mix kernel impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU); "
+                               "use impl='auto' or 'torch'")
         return True
     if impl == "auto":
         return device.type == "cuda" and triton_available()
-    raise ValueError(f"loader.mix_impl: expected auto | triton | torch, got {impl!r}")
+    raise ValueError(f"mix kernel impl: expected one of {list(IMPLS)}, got {impl!r}")
 
 
 def _nhwc(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -53,19 +53,20 @@ def _nhwc(x: torch.Tensor, name: str) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def _geometry_args(geo: Geometry | None, n: int, device: torch.device, dummy: torch.Tensor):
-    if geo is None:
+def _crop_args(crop: Crop | None, n: int, device: torch.device, dummy: torch.Tensor):
+    if crop is None:
         return dummy, dummy, 0, False
-    if geo.offsets.shape != (n, 2) or geo.flip.shape != (n,):
-        raise ValueError(f"geometry for {n} source rows expected, got offsets {tuple(geo.offsets.shape)} "
-                         f"flip {tuple(geo.flip.shape)}")
-    offsets = geo.offsets.to(device=device, dtype=torch.int32).contiguous()
-    flip = geo.flip.to(device=device)
+    offsets, flip, padding = crop
+    if offsets.shape != (n, 2) or flip.shape != (n,):
+        raise ValueError(f"crop for {n} source rows expected, got offsets {tuple(offsets.shape)} "
+                         f"flip {tuple(flip.shape)}")
+    offsets = offsets.to(device=device, dtype=torch.int32).contiguous()
+    flip = flip.to(device=device)
     flip = (flip.view(torch.uint8) if flip.dtype == torch.bool else flip.to(torch.uint8)).contiguous()
-    return offsets, flip, int(geo.padding), True
+    return offsets, flip, int(padding), True
 
 
-def _launch(views: list[tuple[torch.Tensor, Geometry | None, int]], idx_a, idx_b, lam: float,
+def _launch(views: list[tuple[torch.Tensor, Crop | None, int]], idx_a, idx_b, lam: float,
             box: tuple[int, int, int, int], mean, std, dtype: torch.dtype, m: int) -> list[torch.Tensor]:
     import triton
 
@@ -78,11 +79,11 @@ def _launch(views: list[tuple[torch.Tensor, Geometry | None, int]], idx_a, idx_b
     sc, sh = [float(v) for v in scale], [float(v) for v in shift]
     dummy = torch.zeros(1, dtype=torch.int32, device=dev)
     args, outs, modes, has_geo = [], [], [], []
-    for x, geo, mode in views:
+    for x, crop, mode in views:
         if x.shape[0] != n or x.shape[2:] != src0.shape[2:]:
             raise ValueError(f"views differ in shape: {tuple(x.shape)} vs {tuple(src0.shape)}")
         out = torch.empty((m, h, w, 3), dtype=dtype, device=dev)
-        off, flip, pad, g = _geometry_args(geo, n, dev, dummy)
+        off, flip, pad, g = _crop_args(crop, n, dev, dummy)
         args += [out, _nhwc(x, "view"), off, flip, pad]
         outs.append(out)
         modes.append(mode)
@@ -108,23 +109,23 @@ def _check_dtype(dtype: torch.dtype) -> None:
         raise ValueError(f"output dtype must be one of {OUT_DTYPES}, got {dtype}")
 
 
-def fused_normalize(x: torch.Tensor, geo: Geometry | None, mean: Sequence[float], std: Sequence[float],
+def fused_normalize(x: torch.Tensor, crop: Crop | None, mean: Sequence[float], std: Sequence[float],
                     dtype: torch.dtype = torch.float32, impl: str = "auto") -> torch.Tensor:
-    """Geometry + normalise one uint8 view -> channels_last `dtype`."""
+    """Pending crop/flip + normalise one uint8 view -> channels_last `dtype`."""
     _check_dtype(dtype)
     reference.check_images(x, "view")
     if not use_triton(impl, x.device):
-        return reference.normalize_reference(x, geo, mean, std, dtype).contiguous(
+        return reference.normalize_reference(x, crop, mean, std, dtype).contiguous(
             memory_format=torch.channels_last)
     from .triton_kernel import MODE_PLAIN
-    return _launch([(x, geo, MODE_PLAIN)], None, None, 1.0, (0, 0, 0, 0), mean, std, dtype, x.shape[0])[0]
+    return _launch([(x, crop, MODE_PLAIN)], None, None, 1.0, (0, 0, 0, 0), mean, std, dtype, x.shape[0])[0]
 
 
-def fused_mix(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geometry | None,
-              geo_cut: Geometry | None, idx_a: torch.Tensor, idx_b: torch.Tensor, lam: float,
+def fused_mix(view_mix: torch.Tensor, view_cut: torch.Tensor, crop_mix: Crop | None,
+              crop_cut: Crop | None, idx_a: torch.Tensor, idx_b: torch.Tensor, lam: float,
               box: tuple[int, int, int, int], mean: Sequence[float], std: Sequence[float],
               dtype: torch.dtype = torch.float32, impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp of view_mix and CutMix of view_cut over pairs (idx_a, idx_b); see augment.mixup_cutmix."""
+    """MixUp of view_mix and CutMix of view_cut over pairs (idx_a, idx_b); see reference.mixup_cutmix_reference."""
     _check_dtype(dtype)
     reference.check_images(view_mix, "view_mix")
     reference.check_images(view_cut, "view_cut")
@@ -135,9 +136,9 @@ def fused_mix(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geometry 
     if view_mix.shape != view_cut.shape:
         raise ValueError(f"view_mix {tuple(view_mix.shape)} and view_cut {tuple(view_cut.shape)} differ")
     if not use_triton(impl, view_mix.device):
-        return reference.mixup_cutmix_reference(view_mix, view_cut, geo_mix, geo_cut, idx_a, idx_b,
+        return reference.mixup_cutmix_reference(view_mix, view_cut, crop_mix, crop_cut, idx_a, idx_b,
                                                 lam, box, mean, std, dtype)
     from .triton_kernel import MODE_CUTMIX, MODE_MIXUP
-    mixup, cutmix = _launch([(view_mix, geo_mix, MODE_MIXUP), (view_cut, geo_cut, MODE_CUTMIX)],
+    mixup, cutmix = _launch([(view_mix, crop_mix, MODE_MIXUP), (view_cut, crop_cut, MODE_CUTMIX)],
                             idx_a, idx_b, lam, box, mean, std, dtype, idx_a.shape[0])
     return mixup, cutmix

@@ -8,7 +8,7 @@ Normalisation is written as ``x * scale[c] + shift[c]`` with ``scale = 1 / (255 
 the very same coefficients, so both agree to a couple of fp32 ulps; the result equals
 torchvision's ToDtype(scale=True) + Normalize up to fp32 rounding.
 
-Geometry semantics (torchvision RandomCrop(size, padding=p) + RandomHorizontalFlip on the
+Crop semantics (torchvision RandomCrop(size, padding=p) + RandomHorizontalFlip on the
 uint8 image): the image is zero-padded by p on each side, the crop's top-left corner is
 (dy, dx) in the padded image, then the crop is mirrored when flip is set. Output pixel
 (y, x) therefore reads source pixel (y + dy - p, x' + dx - p) with x' = W-1-x if flip else x,
@@ -20,7 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from fasttrain.batch import Geometry
+# A pending crop/flip for N source rows: (offsets int (N, 2) = (dy, dx) in the padded image,
+# flip bool/uint8 (N,), padding int), or None when the rows are already cropped. Plain tensors
+# and an int: the kernels know nothing of the batch types that carry them.
+Crop = tuple[torch.Tensor, torch.Tensor, int]
 
 
 def norm_coefficients(mean: Sequence[float], std: Sequence[float],
@@ -42,34 +45,35 @@ def check_images(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name}: expected uint8 (N, 3, H, W), got {x.dtype} {tuple(x.shape)}")
 
 
-def select_geometry(geo: Geometry | None, rows: torch.Tensor) -> Geometry | None:
-    """The geometry of the source rows `rows` (geometry is stored per source row)."""
-    if geo is None:
+def select_rows(crop: Crop | None, rows: torch.Tensor) -> Crop | None:
+    """The crop of the source rows `rows` (crops are stored per source row)."""
+    if crop is None:
         return None
-    return Geometry(offsets=geo.offsets[rows], flip=geo.flip[rows], padding=geo.padding)
+    offsets, flip, padding = crop
+    return offsets[rows], flip[rows], padding
 
 
-def apply_geometry(x: torch.Tensor, geo: Geometry | None) -> torch.Tensor:
+def apply_geometry(x: torch.Tensor, crop: Crop | None) -> torch.Tensor:
     """Per-sample crop from the zero-padded image + horizontal flip, in uint8 pixel space.
 
     x: uint8 (N, 3, H, W) (any memory format); returns uint8 channels_last (N, 3, H, W).
     """
     check_images(x, "apply_geometry")
     nhwc = x.permute(0, 2, 3, 1)
-    if geo is None:
+    if crop is None:
         return nhwc.contiguous().permute(0, 3, 1, 2)
     n, h, w, _ = nhwc.shape
-    p = int(geo.padding)
-    if geo.offsets.shape != (n, 2) or geo.flip.shape != (n,):
-        raise ValueError(f"geometry for {n} rows expected, got offsets {tuple(geo.offsets.shape)} "
-                         f"flip {tuple(geo.flip.shape)}")
+    crop_offsets, crop_flip, p = crop[0], crop[1], int(crop[2])
+    if crop_offsets.shape != (n, 2) or crop_flip.shape != (n,):
+        raise ValueError(f"crop for {n} rows expected, got offsets {tuple(crop_offsets.shape)} "
+                         f"flip {tuple(crop_flip.shape)}")
     padded = torch.nn.functional.pad(nhwc, (0, 0, p, p, p, p))  # zero pad W and H
     hp, wp = h + 2 * p, w + 2 * p
     dev = x.device
-    offsets = geo.offsets.to(device=dev, dtype=torch.long)
+    offsets = crop_offsets.to(device=dev, dtype=torch.long)
     ys = offsets[:, 0:1] + torch.arange(h, device=dev)  # (N, H) rows in the padded image
     cols = torch.arange(w, device=dev).expand(n, w)
-    cols = torch.where(geo.flip.to(dev).bool()[:, None], w - 1 - cols, cols)
+    cols = torch.where(crop_flip.to(dev).bool()[:, None], w - 1 - cols, cols)
     xs = offsets[:, 1:2] + cols  # (N, W)
     # One flat gather of whole 3-byte pixels (much cheaper than 3-tensor advanced indexing).
     flat = (torch.arange(n, device=dev)[:, None, None] * (hp * wp) + ys[:, :, None] * wp + xs[:, None, :])
@@ -85,17 +89,19 @@ def normalize(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torc
     return out.permute(0, 3, 1, 2)
 
 
-def normalize_reference(x: torch.Tensor, geo: Geometry | None, mean, std,
+def normalize_reference(x: torch.Tensor, crop: Crop | None, mean, std,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     scale, shift = norm_coefficients(mean, std, x.device)
-    return normalize(apply_geometry(x, geo), scale, shift).to(dtype)
+    return normalize(apply_geometry(x, crop), scale, shift).to(dtype)
 
 
-def mixup_cutmix_reference(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_mix: Geometry | None,
-                           geo_cut: Geometry | None, idx_a: torch.Tensor, idx_b: torch.Tensor,
+def mixup_cutmix_reference(view_mix: torch.Tensor, view_cut: torch.Tensor, crop_mix: Crop | None,
+                           crop_cut: Crop | None, idx_a: torch.Tensor, idx_b: torch.Tensor,
                            lam: float, box: tuple[int, int, int, int], mean, std,
                            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """MixUp of view_mix rows (a, b) and CutMix of view_cut rows (a, b); see fasttrain.augment."""
+    """MixUp = lam·norm(view_mix[a]) + (1−lam)·norm(view_mix[b]); CutMix = norm(view_cut[a]) with
+    `box` (y0, y1, x0, x1, half-open) replaced by norm(view_cut[b]). Crops are per source row and
+    applied before mixing."""
     check_images(view_mix, "view_mix")
     check_images(view_cut, "view_cut")
     scale, shift = norm_coefficients(mean, std, view_mix.device)
@@ -105,14 +111,14 @@ def mixup_cutmix_reference(view_mix: torch.Tensor, view_cut: torch.Tensor, geo_m
     m = idx_a.shape[0]
     rows = torch.cat([idx_a, idx_b])  # a and b rows of a view in one gather
 
-    def view(x: torch.Tensor, geo: Geometry | None) -> tuple[torch.Tensor, torch.Tensor]:
-        out = normalize(apply_geometry(x[rows], select_geometry(geo, rows)), scale, shift)
+    def view(x: torch.Tensor, crop: Crop | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out = normalize(apply_geometry(x[rows], select_rows(crop, rows)), scale, shift)
         return out[:m], out[m:]
 
-    mix_a, mix_b = view(view_mix, geo_mix)
+    mix_a, mix_b = view(view_mix, crop_mix)
     # = mix_a*lam + mix_b*(1-lam), same fp32 roundings, without temporaries (both are fresh).
     mixup = mix_a.mul_(lam).add_(mix_b.mul_(1.0 - lam)).to(dtype)
-    cut, cut_b = view(view_cut, geo_cut)
+    cut, cut_b = view(view_cut, crop_cut)
     y0, y1, x0, x1 = box
     if y1 > y0 and x1 > x0:
         cut[:, :, y0:y1, x0:x1] = cut_b[:, :, y0:y1, x0:x1]  # `cut` is a fresh tensor: in place is safe

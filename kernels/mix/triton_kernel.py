@@ -3,11 +3,11 @@
 One launch writes up to two output views. Program (m, blk, v) produces `BLOCK` consecutive
 elements of the flat NHWC output row m of view v, so stores are fully coalesced; each output
 element reads its (at most two) source bytes straight from the uint8 image, applying the
-per-source-row geometry on the fly: the padded/cropped/flipped/normalised intermediate
+per-source-row crop/flip on the fly: the padded/cropped/flipped/normalised intermediate
 images are never materialised. Semantics are those of `reference.py` (the spec).
 
 Modes per view: 0 = plain (normalise row a), 1 = MixUp (lam·a + (1−lam)·b), 2 = CutMix
-(b inside the box, a outside). Geometry out of the source image reads 0 (zero padding in
+(b inside the box, a outside). A crop pixel outside the source image reads 0 (zero padding in
 uint8 space, as torchvision's RandomCrop(padding) does before Normalize).
 """
 from __future__ import annotations

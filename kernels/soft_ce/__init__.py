@@ -5,7 +5,7 @@
 `soft_target_cross_entropy` / `SoftTargetCrossEntropy` dispatch to a fused Triton kernel on CUDA
 (`impl="auto"`) and to the pure-torch reference (`reference.py`, the specification) elsewhere.
 """
-from .function import SoftTargetCrossEntropy, soft_target_cross_entropy
+from .function import IMPLS, SoftTargetCrossEntropy, soft_target_cross_entropy
 from .reference import soft_target_cross_entropy_reference
 
-__all__ = ["soft_target_cross_entropy", "SoftTargetCrossEntropy", "soft_target_cross_entropy_reference"]
+__all__ = ["IMPLS", "soft_target_cross_entropy", "SoftTargetCrossEntropy", "soft_target_cross_entropy_reference"]

@@ -1,7 +1,7 @@
 """Dispatch, autograd.Function and nn.Module for the reweighted soft-label cross-entropy.
 
 impl="auto" runs the fused Triton kernel on CUDA tensors and the pure-torch reference
-elsewhere; "triton" / "torch" force one (config key `train.loss_impl`). "triton" on CPU tensors
+elsewhere; "triton" / "torch" force one. "triton" on CPU tensors
 only works under TRITON_INTERPRET=1 (the kernel tests use that).
 
 Gradients flow to the logits only: targets, lam, class weights and logit offsets are treated as

@@ -1,0 +1,126 @@
+"""The run builder: from a resolved config to the objects a run needs, and no more.
+
+`build_run(cfg, training=False)` builds what evaluation needs: datasets, the augmenter, the
+method, the model (with `model.init_from` weights) and the eval loader. `training=True` adds the
+samplers and the train loader, the optimizer, the grad scaler and the compiled forward, packed as
+the `Learner` that `fasttrain.step.train_step` uses. The trainer and the benchmarks both build
+through here, so a benchmark times the run the trainer would train.
+
+Construction order is fixed (datasets, method, loaders, then the model) so the model's random
+init follows `seed` exactly as in earlier versions: loaders draw from their own generators.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from fasttrain.augment import Augmenter
+from fasttrain.checkpoint import load_checkpoint
+from fasttrain.config import RunConfig
+from fasttrain.data import LTDataset, build_datasets
+from fasttrain.environment import amp_dtype, resolve_device, seed_everything
+from fasttrain.loaders import build_loader
+from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
+from fasttrain.models import create_backbone, to_channels_last
+from fasttrain.samplers import build_sampler
+from fasttrain.step import Learner
+
+log = logging.getLogger("fasttrain")
+
+
+@dataclass
+class Run:
+    """Everything built for one stage. `train_loader` and `learner` only when built for training."""
+
+    cfg: RunConfig
+    device: torch.device
+    amp: torch.dtype | None
+    train_set: LTDataset
+    eval_set: LTDataset
+    augmenter: Augmenter
+    method: Method
+    model: nn.Module
+    eval_loader: object
+    train_loader: object | None = None
+    learner: Learner | None = None
+
+
+def build_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.apex:
+        try:
+            from apex.optimizers import FusedSGD  # type: ignore
+
+            return FusedSGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
+        except ImportError:
+            log.warning("optim.apex=true but apex is not importable; using torch SGD")
+    fused = o.fused and device.type == "cuda"
+    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           nesterov=o.nesterov, fused=fused or None)
+
+
+def build_augmenter(cfg: RunConfig, train_set: LTDataset, amp: torch.dtype | None) -> Augmenter:
+    aug = cfg.augment
+    mean = tuple(aug.mean) if aug.mean else train_set.mean
+    std = tuple(aug.std) if aug.std else train_set.std
+    return Augmenter(mean=mean, std=std, dtype=amp or torch.float32, impl=aug.mix_impl)
+
+
+def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous: nn.Module | None) -> nn.Module:
+    backbone = create_backbone(cfg.model.arch) if previous is None else None
+    model = method.build_model(backbone, previous)
+    if cfg.model.init_from:
+        state = load_checkpoint(cfg.model.init_from)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise RuntimeError(f"model.init_from={cfg.model.init_from}: weights do not fit the model "
+                               f"({str(exc).splitlines()[0]})") from None
+    model = model.to(device)
+    if cfg.model.channels_last:
+        model = to_channels_last(model)
+    method.prepare(model)
+    return model
+
+
+def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Module | None = None,
+              datasets: tuple[LTDataset, LTDataset] | None = None, rank: int = 0, world_size: int = 1) -> Run:
+    """Build one stage of `cfg` (see the module docstring). `datasets` replaces `build_datasets`
+    (benchmarks pass synthetic data); `previous_model` is the previous stage's model."""
+    device = resolve_device(cfg.device)
+    amp = amp_dtype(cfg.train.amp, device)
+    seed_everything(cfg.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    train_set, eval_set = datasets if datasets is not None else build_datasets(cfg)
+    augmenter = build_augmenter(cfg, train_set, amp)
+    counts = torch.as_tensor(train_set.train_counts, dtype=torch.long)
+    ld = cfg.loader
+    ctx = MethodContext(num_classes=train_set.num_classes, train_counts=counts.to(device), augmenter=augmenter,
+                        device=device, loss_impl=cfg.train.loss_impl, seed=cfg.seed,
+                        default_stream=StreamSpec(ld.sampler, ld.sampler_q, ld.class_aware_k))
+    method = METHODS[cfg.method.name](cfg.method, ctx)
+
+    def loader(dataset, samplers, batch_size, num_views, train):
+        return build_loader(ld.backend, dataset, samplers, batch_size=batch_size, num_views=num_views,
+                            device=device, augment=cfg.augment, loader=ld, train=train, seed=cfg.seed)
+
+    train_loader = None
+    if training:  # one sampler per stream, all from the samplers module
+        samplers = [build_sampler(s.sampler, torch.as_tensor(train_set.labels), train_set.num_classes,
+                                  seed=cfg.seed + 1000 * i, rank=rank, world_size=world_size, q=s.q, k=s.k,
+                                  drop_last=False)
+                    for i, s in enumerate(method.streams())]
+        train_loader = loader(train_set, samplers, ld.batch_size * len(samplers), method.num_views, True)
+    eval_loader = loader(eval_set, None, ld.eval_batch_size, 1, False)
+    model = _build_model(cfg, method, device, previous_model)
+    run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader)
+    if training:
+        forward = torch.compile(model) if cfg.train.compile else model
+        optimizer = build_optimizer(cfg, method.trainable_parameters(model), device)
+        scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
+        run.learner = Learner(method, model, forward, optimizer, scaler, amp, device)
+    return run

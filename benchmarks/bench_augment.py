@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
-import time
 
 import torch
 
-from fasttrain.benchmarking import describe_device, emit_json
+from fasttrain.benchmarking import add_device_argument, emit_json, report_header, time_calls
 
 from fasttrain import augment as A
 from fasttrain.batch import random_geometry
@@ -43,35 +41,10 @@ SPEC_BW = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 80GB HBM3": 3.35e12, "H100
            "H100 NVL": 3.9e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.555e12}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn, device: torch.device, reps: int, min_time: float) -> list[float]:
-    """Seconds per call, `reps` samples; each sample averages enough calls to last min_time."""
-    fn()
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    once = max(time.perf_counter() - t0, 1e-7)
-    inner = max(1, int(min_time / once))
-    out = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        sync(device)
-        out.append((time.perf_counter() - t0) / inner)
-    return out
-
-
 def copy_bandwidth(device: torch.device, reps: int) -> float:
     x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device).fill_(1)
     y = torch.empty_like(x)
-    times = time_fn(lambda: y.copy_(x), device, reps, 0.2)
+    times = time_calls(lambda: y.copy_(x), device, reps, min_time=0.2)
     return 2 * x.numel() / statistics.median(times)
 
 
@@ -139,7 +112,7 @@ def bench_config(b: int, size: int, dtype: torch.dtype, device: torch.device, ar
             continue
         if name == "torchvision_v2" and geos[0] is not None:
             row["geometry"] = "batch-level crop+flip (one draw per batch)"
-        times = time_fn(fn, device, args.reps, args.min_time)
+        times = time_calls(fn, device, args.reps, min_time=args.min_time)
         med = statistics.median(times)
         row.update(median_ms=med * 1e3, min_ms=min(times) * 1e3, max_ms=max(times) * 1e3,
                    stdev_ms=statistics.stdev(times) * 1e3 if len(times) > 1 else 0.0, reps=len(times),
@@ -159,7 +132,7 @@ def bench_config(b: int, size: int, dtype: torch.dtype, device: torch.device, ar
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
     p.add_argument("--batches", default="64,256,1024")
     p.add_argument("--sizes", default="32,224")
     p.add_argument("--dtypes", default=None, help="default: float32 on CPU, float32,bfloat16 on CUDA")
@@ -174,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = args.device
     dtypes = args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32")
     max_mb = args.max_source_mb if args.max_source_mb is not None else (200.0 if device.type == "cpu" else 1e12)
     peak, dev_name = spec_bandwidth(device)
@@ -191,11 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
                     continue
                 results.extend(bench_config(b, size, dtype, device, args, peak, copy_bw))
     out = {
-        "benchmark": "augment",
-        "device": describe_device(device),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": __import__("torchvision").__version__,
-                     "triton": __import__("triton").__version__ if triton_available() else None},
+        **report_header("augment", device),
         "peak_bandwidth_gb_s": peak / 1e9 if peak else None,
         "measured_copy_bandwidth_gb_s": copy_bw / 1e9,
         "notes": ("fused Triton kernel skipped: no CUDA device; GPU targets (>=5x torchvision v2, "

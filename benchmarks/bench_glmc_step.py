@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                              device, args, args.steps, args.batch))
         if backend == "tensor":
             ceiling_batch = next(batches)
-        del batches  # stop the torch backend's workers before the next configuration
+        batches = None  # stop the torch backend's workers before the next configuration
     run = glmc_run(ds, "tensor", args)
     ceiling = timed("synthetic_ceiling", lambda: train_step(run.learner, ceiling_batch, progress), device, args,
                     args.steps, args.batch)

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fasttrain.benchmarking import emit_json
-
+from fasttrain.benchmarking import emit_json, report_header
 from fasttrain.config import AugmentConfig, LoaderConfig
+from fasttrain.environment import cpu_model
 from fasttrain.data.index import LTDataset
 from fasttrain.samplers import build_sampler
 
@@ -196,16 +194,10 @@ def main(argv=None) -> dict:
         v = int(key[-1])
         if base[v] and "img_per_s_median" in r:
             r["speedup_vs_official"] = round(r["img_per_s_median"] / base[v], 2)
-    try:
-        import nvidia.dali as nd
-
-        dali_version = nd.__version__
-    except ImportError:
-        dali_version = None
     out = {
-        "benchmark": "loaders: decode + RandomResizedCrop(224) + flip",
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)",
-        "cpu": platform.processor() or platform.machine(),
+        **report_header("loaders: decode + RandomResizedCrop(224) + flip",
+                        torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "cpu": cpu_model(),
         "workers_or_threads": w,
         # other jobs on a shared box slow every loader; the round-robin keeps ratios comparable
         "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
@@ -213,8 +205,6 @@ def main(argv=None) -> dict:
         "corpus": {"images": len(ds), "classes": ds.num_classes, "size": "500x400", "quality": 90,
                    "mean_jpeg_kb": round((ds.extra.get("mean_jpeg_bytes") or 0) / 1024, 1),
                    "max_count": int(ds.counts.max()), "min_count": int(ds.counts.min())},
-        "versions": {"torch": torch.__version__, "torchvision": __import__("torchvision").__version__,
-                     "dali": dali_version, "python": platform.python_version()},
         "results": results,
     }
     return emit_json(out, args.out, indent=1)

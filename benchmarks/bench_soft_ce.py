@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from fasttrain.benchmarking import emit_json
+from fasttrain.benchmarking import add_device_argument, emit_json, report_header, sync, time_calls
 
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.kernels.soft_ce.function import triton_soft_target_cross_entropy
@@ -45,42 +42,14 @@ def eager_loss(z: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tenso
     return -(t * w * torch.log_softmax(z.float(), dim=1)).sum(1).mean()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_step(step: Callable[[], None], device: torch.device, reps: int, iters: int) -> list[float]:
-    """Milliseconds per fwd+bwd, `reps` samples of `iters` calls each (after warm-up)."""
-    for _ in range(3):
-        step()
-    sync(device)
-    out = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                step()
-            end.record()
-            torch.cuda.synchronize(device)
-            out.append(start.elapsed_time(end) / iters)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                step()
-            out.append((time.perf_counter() - t0) * 1e3 / iters)
-    return out
-
-
 def peak_extra_bytes(step: Callable[[], None], device: torch.device) -> Optional[int]:
     if device.type != "cuda":
         return None
-    torch.cuda.synchronize(device)
+    sync(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     step()
-    torch.cuda.synchronize(device)
+    sync(device)
     return torch.cuda.max_memory_allocated(device) - base
 
 
@@ -118,7 +87,7 @@ def run_config(B: int, C: int, dtype: torch.dtype, device: torch.device, scenari
             fn().backward()
 
         try:
-            ms = time_step(step, device, reps, iters)
+            ms = [t * 1e3 for t in time_calls(step, device, reps, inner=iters, warmup=3)]
             peak = peak_extra_bytes(step, device)
         except Exception as exc:  # e.g. torch.compile without a working C++ toolchain
             row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
@@ -143,7 +112,7 @@ def run_config(B: int, C: int, dtype: torch.dtype, device: torch.device, scenari
 
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(ap)
     ap.add_argument("--B", type=int, nargs="+", default=[128, 512, 1024])
     ap.add_argument("--C", type=int, nargs="+", default=[10, 100, 1000, 8142])
     ap.add_argument("--scenarios", nargs="+", default=None, help="mix and/or dense (default: both on CUDA, mix on CPU)")
@@ -153,8 +122,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = args.device
     on_gpu = device.type == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
     impls = ["fused", "fused_gradfwd", "eager", "compile"] if on_gpu else ["reference", "eager", "compile"]
@@ -163,22 +131,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     scenarios = args.scenarios or (["mix", "dense"] if on_gpu else ["mix"])
     iters = args.iters or (50 if on_gpu else 3)
 
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
     report = {
-        "benchmark": "soft_ce",
-        "device": torch.cuda.get_device_name(device) if on_gpu else f"cpu ({platform.processor() or platform.machine()}, "
-                  f"{torch.get_num_threads()} threads)",
+        **report_header("soft_ce", device),
         "note": None if on_gpu else "CPU run: Triton kernel not timed (needs CUDA); reference vs eager vs "
                                     "torch.compile in fp32. GPU numbers are still owed.",
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "triton": triton_version},
         "dtype": str(dtype).replace("torch.", ""),
-        # CPU timings on a shared machine are noisy: the load average says how contended it was.
-        "load_average_1m_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "reps": args.reps,
         "iters_per_rep": iters,
         "results": [],

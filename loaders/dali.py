@@ -51,7 +51,7 @@ _BLUR_WINDOW = 23
 
 
 def dali_available() -> tuple[bool, str]:
-    """(usable, one-line description); `DaliLoader.available()`, so `fasttrain info` and the tests."""
+    """(usable, one-line description): what `DaliLoader.available()` reports to `fasttrain info`."""
     try:
         import nvidia.dali as dali
     except Exception as exc:  # ImportError, or a broken install raising something else

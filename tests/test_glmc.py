@@ -14,7 +14,7 @@ from fasttrain import augment as A
 from fasttrain.config import load_config, stage_config
 from fasttrain.kernels.mix import reference as R
 from fasttrain.batch import Batch
-from fasttrain.methods import METHODS, Progress
+from fasttrain.methods import Progress
 from fasttrain.models import create_backbone
 from helpers import TinyBackbone, method_context
 

@@ -85,6 +85,7 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.slow
 def test_short_glmc_run_lowers_the_loss_like_the_torch_backend():
     """20 GLMC steps on learnable toy data: both backends lower the loss by a similar amount."""
+    from fasttrain.augment import Augmenter
     from fasttrain.methods import METHODS, MethodContext, Progress
     from fasttrain.models import create_backbone, to_channels_last
 
@@ -100,7 +101,7 @@ def test_short_glmc_run_lowers_the_loss_like_the_torch_backend():
         torch.manual_seed(0)
         method_cls = METHODS["glmc"]
         ctx = MethodContext(num_classes=ds.num_classes, train_counts=torch.as_tensor(ds.train_counts),
-                            mean=ds.mean, std=ds.std, device=torch.device("cpu"), compute_dtype=torch.float32)
+                            augmenter=Augmenter(ds.mean, ds.std), device=torch.device("cpu"))
         method = method_cls(method_cls.config_class(), ctx)
         model = to_channels_last(method.build_model(create_backbone("resnet32")))
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -29,7 +29,8 @@ import sys
 
 import torch
 
-from fasttrain.benchmarking import add_device_argument, emit_json, report_header, time_calls
+from fasttrain.benchmarking import (add_common_arguments, apply_common_arguments,
+                                      emit_json, report_header, time_calls)
 
 from fasttrain import augment as A
 from fasttrain.batch import random_geometry
@@ -132,7 +133,7 @@ def bench_config(b: int, size: int, dtype: torch.dtype, device: torch.device, ar
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_argument(p)
+    add_common_arguments(p)
     p.add_argument("--batches", default="64,256,1024")
     p.add_argument("--sizes", default="32,224")
     p.add_argument("--dtypes", default=None, help="default: float32 on CPU, float32,bfloat16 on CUDA")
@@ -141,13 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-source-mb", type=float, default=None,
                    help="skip configs whose uint8 sources exceed this (default 200 on CPU, none on CUDA)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 gives stable numbers on a shared machine)")
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device
+    device = apply_common_arguments(args)
     dtypes = args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32")
     max_mb = args.max_source_mb if args.max_source_mb is not None else (200.0 if device.type == "cpu" else 1e12)
     peak, dev_name = spec_bandwidth(device)

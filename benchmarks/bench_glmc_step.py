@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from fasttrain.augment import sample_mix
-from fasttrain.benchmarking import add_device_argument, emit_json, report_header, spread, time_calls
+from fasttrain.benchmarking import (add_common_arguments, apply_common_arguments,
+                                      emit_json, report_header, spread, time_calls)
 from fasttrain.build import build_run
 from fasttrain.config import config_from_dict
 from fasttrain.data.cifar import lt_counts
@@ -68,7 +69,7 @@ def timed(name: str, fn, device, args, steps: int, rows: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_device_argument(p)
+    add_common_arguments(p)
     p.add_argument("--batch", type=int, default=128, help="rows per step over both streams (GLMC: 2 x 64)")
     p.add_argument("--arch", default="resnet32", help="resnet32 (standard) or resnet32_w4 (the recipe's 4x wide)")
     p.add_argument("--steps", type=int, default=3)
@@ -78,13 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-workers", type=int, default=2, help="torch backend DataLoader workers")
     p.add_argument("--mix-impl", default="auto")
     p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 gives stable numbers on a shared machine)")
-    p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device
+    device = apply_common_arguments(args)
     ds = synthetic_cifar10_lt()
     progress = Progress(epoch=0, epochs=200)
     results = []

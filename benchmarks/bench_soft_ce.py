@@ -26,12 +26,12 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from fasttrain.benchmarking import add_device_argument, emit_json, report_header, sync, time_calls
+from fasttrain.benchmarking import (add_common_arguments, apply_common_arguments,
+                                      emit_json, report_header, sync, time_calls)
 
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.kernels.soft_ce.function import triton_soft_target_cross_entropy
@@ -112,17 +112,16 @@ def run_config(B: int, C: int, dtype: torch.dtype, device: torch.device, scenari
 
 def main(argv: Optional[list[str]] = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(ap)
+    add_common_arguments(ap)
     ap.add_argument("--B", type=int, nargs="+", default=[128, 512, 1024])
     ap.add_argument("--C", type=int, nargs="+", default=[10, 100, 1000, 8142])
     ap.add_argument("--scenarios", nargs="+", default=None, help="mix and/or dense (default: both on CUDA, mix on CPU)")
     ap.add_argument("--reps", type=int, default=7, help="timed samples per configuration (>= 5 for reporting)")
     ap.add_argument("--iters", type=int, default=None, help="calls per sample (default 50 on CUDA, 3 on CPU)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
-    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
 
-    device = args.device
+    device = apply_common_arguments(args)
     on_gpu = device.type == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
     impls = ["fused", "fused_gradfwd", "eager", "compile"] if on_gpu else ["reference", "eager", "compile"]
@@ -146,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 row = run_config(B, C, dtype, device, scenario, impls, args.reps, iters)
                 report["results"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
-    return emit_json(report, str(args.out) if args.out else None)
+    return emit_json(report, args.out)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,23 @@ import torch
 
 from fasttrain.environment import describe_device, resolve_device, versions
 
-__all__ = ["add_device_argument", "describe_device", "emit_json", "report_header", "spread", "sync", "time_calls"]
+__all__ = ["add_common_arguments", "apply_common_arguments", "describe_device", "emit_json", "report_header", "spread", "sync", "time_calls"]
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device, --threads and --out, the same in every benchmark (see `apply_common_arguments`)."""
     parser.add_argument("--device", default="auto", type=resolve_device,
                         help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 gives stable numbers on a shared machine)")
+    parser.add_argument("--out", default=None, help="also write the JSON report to this file")
+
+
+def apply_common_arguments(args: argparse.Namespace) -> torch.device:
+    """Apply --threads; returns the device."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.device
 
 
 def sync(device: torch.device) -> None:

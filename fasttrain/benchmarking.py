@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fasttrain.environment import describe_device, resolve_device, versions
+from fasttrain.environment import describe_device, resolve_device, sync, versions
 
 __all__ = ["add_common_arguments", "apply_common_arguments", "describe_device", "emit_json", "report_header", "spread", "sync", "time_calls"]
 
@@ -36,12 +36,6 @@ def apply_common_arguments(args: argparse.Namespace) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
     return args.device
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued device work (CUDA kernels run asynchronously) before reading a clock."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, reps: int, *, inner: int | None = None,

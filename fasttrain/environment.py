@@ -21,6 +21,12 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (CUDA runs asynchronously) before a clock is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for `train.amp`, or None for fp32. `auto` = bf16 on CUDA, fp32 on CPU."""
     if amp == "auto":

@@ -10,10 +10,7 @@ import time
 
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from fasttrain.environment import sync as _sync
 
 
 class ThroughputMeter:

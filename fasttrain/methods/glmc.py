@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from fasttrain.augment import sample_mix
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec, register
-from fasttrain.methods.priors import power_weights
+from fasttrain.methods.priors import power_weights as class_weights  # w_c ∝ n_c^-γ, mean 1 (update_weight)
 from fasttrain.models import CifarResNet
 
 PREDICT_HEADS = ("fc_cb", "fc", "sum")
@@ -104,11 +104,6 @@ class GLMCNet(nn.Module):
         logits_cb = self.fc_cb(h) if self.fc_cb is not None else logits
         z = self.projector(h)
         return logits, logits_cb, z, self.predictor(z)
-
-
-def class_weights(counts: torch.Tensor, gamma: float) -> torch.Tensor:
-    """w_c = n_c^-γ / Σ_k n_k^-γ · C (mean 1 over classes), fp32 (code's update_weight)."""
-    return power_weights(counts, gamma)
 
 
 def cumulative_alpha(epoch: int, epochs: int) -> float:

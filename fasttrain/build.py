@@ -11,6 +11,7 @@ init follows `seed` exactly as in earlier versions: loaders draw from their own 
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
@@ -120,7 +121,17 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader)
     if training:
         forward = torch.compile(model) if cfg.train.compile else model
-        optimizer = build_optimizer(cfg, method.trainable_parameters(model), device)
+        optimizer = build_optimizer(cfg, method.trainable_parameters(model), device) if method.trains else None
         scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
         run.learner = Learner(method, model, forward, optimizer, scaler, amp, device)
     return run
+
+
+def build_split_loader(run: Run, split: str):
+    """An eval-order loader over `split` (test | val) of the run's dataset, e.g. the calibration
+    split of a post-hoc method. The dataset's own builder says when a split does not exist."""
+    cfg = copy.deepcopy(run.cfg)
+    cfg.data.eval_split = split
+    _, dataset = build_datasets(cfg)
+    return build_loader(cfg.loader.backend, dataset, None, batch_size=cfg.loader.eval_batch_size, num_views=1,
+                        device=run.device, augment=cfg.augment, loader=cfg.loader, train=False, seed=cfg.seed)

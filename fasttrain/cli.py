@@ -31,7 +31,7 @@ def _cmd_eval(args) -> int:
     from fasttrain.evaluation import evaluate_checkpoint
 
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_per_class.png")
-    report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot)
+    report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot, tau=args.tau, tau_head=args.tau_head)
     if not args.per_class:
         report = {k: v for k, v in report.items() if k != "per_class"}
     print(json.dumps(report, indent=1))
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. data.root=...)")
     e.add_argument("--plot", help="where to write the per-class accuracy PNG")
     e.add_argument("--per-class", action="store_true", help="print per-class accuracies too")
+    e.add_argument("--tau", type=float, default=None,
+                   help="evaluate with a tau-normalised classifier w_c / ||w_c||^tau (decoupling's tau-norm)")
+    e.add_argument("--tau-head", default="fc", help="the Linear head --tau normalises (GLMC: fc_cb)")
     e.set_defaults(func=_cmd_eval)
     d = sub.add_parser("data", help="fetch or build datasets (cifar10, cifar100, synthetic, verify)",
                        add_help=False)

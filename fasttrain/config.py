@@ -196,7 +196,7 @@ def choices() -> dict[str, list[str]]:
     }
 
 
-POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "train.epochs", "loader.class_aware_k",
+POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "loader.class_aware_k",
             "train.log_every", "train.eval_every", "train.save_every", "augment.crop_size",
             "augment.eval_resize", "loader.dali_threads", "loader.prefetch_factor",
             "loader.dali_prefetch"}
@@ -240,8 +240,14 @@ def _check_values(cfg: RunConfig) -> None:
 
 
 def _check_streams(cfg: RunConfig) -> None:
-    """A method that draws its own streams would silently ignore the loader's sampler keys."""
+    """A method that draws its own streams would silently ignore the loader's sampler keys; a
+    method with nothing to train runs no epochs, every other method at least one."""
     method = METHODS[cfg.method.name]
+    if method.trains and cfg.train.epochs <= 0:
+        raise ConfigError(f"train.epochs: expected a value > 0, got {cfg.train.epochs!r}")
+    if not method.trains and cfg.train.epochs != 0:
+        raise ConfigError(f"train.epochs: method {method.name} has nothing to train (post-hoc); set "
+                          f"train.epochs: 0, got {cfg.train.epochs!r}")
     if not method.fixed_streams:
         return
     default = LoaderConfig()
@@ -368,11 +374,25 @@ def stage_config(cfg: RunConfig, index: int) -> RunConfig:
     over = dict(stage.overrides)
     if "method" in over:
         m = dict(over.pop("method"))
-        method = m if "name" in m and m["name"] != method["name"] else {**method, **m}
+        if "name" in m and m["name"] != method["name"]:
+            previous = method if index == 0 else to_dict(stage_config(cfg, index - 1).method)
+            method = {**_base_of(previous, m["name"]), **m}
+        else:
+            method = {**method, **m}
     raw = _deep_merge(raw, over)
     raw["method"] = method
     raw["name"] = f"{cfg.name}/{stage.name}"
     return config_from_dict(raw, f"stages[{index}] ({stage.name})")
+
+
+def _base_of(previous: dict, name: str) -> dict:
+    """A later stage that continues the previous stage's model records that model's structure
+    (`base_method` / `base_config`), so its checkpoint can be rebuilt and evaluated on its own."""
+    if name not in METHODS or not METHODS[name].continues_stage or previous.get("name") not in METHODS:
+        return {}
+    if METHODS[previous["name"]].continues_stage:
+        return {"base_method": previous["base_method"], "base_config": previous["base_config"]}
+    return {"base_method": previous["name"], "base_config": {k: v for k, v in previous.items() if k != "name"}}
 
 
 def dump_config(cfg: RunConfig, path: Path) -> None:

@@ -38,8 +38,23 @@ def evaluate(run) -> dict:
     return accuracy_report(probs, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
 
 
-def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, plot: Path | None = None) -> dict:
-    """Evaluate checkpoint `path` with the config stored inside it (plus `overrides`).
+def tau_norm_section(stored: dict, tau: float, head: str) -> dict:
+    """The `method:` section that evaluates a checkpoint of method `stored` with a τ-normalised
+    `head` (its model structure is kept: a first-stage method becomes the base method)."""
+    from fasttrain.methods import METHODS
+
+    name = stored.get("name", "ce")
+    if name in METHODS and METHODS[name].continues_stage:
+        base, base_cfg = stored["base_method"], stored.get("base_config", {})
+    else:
+        base, base_cfg = name, {k: v for k, v in stored.items() if k != "name"}
+    return {"name": "tau_norm", "tau": tau, "head": head, "base_method": base, "base_config": base_cfg}
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, plot: Path | None = None,
+                        tau: float | None = None, tau_head: str = "fc") -> dict:
+    """Evaluate checkpoint `path` with the config stored inside it (plus `overrides`); with `tau`,
+    through a τ-normalised `tau_head` instead of the method's own prediction.
 
     Builds only what evaluation needs (no train loader, optimizer or run directory)."""
     from fasttrain.build import build_run
@@ -53,6 +68,11 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, pl
     raw["stages"] = []
     if isinstance(raw.get("model"), dict):
         raw["model"]["init_from"] = None  # the checkpoint's own weights are loaded below
+    if tau is not None:
+        raw["method"] = tau_norm_section(raw.get("method") or {}, tau, tau_head)
+        raw["train"] = {**raw.get("train", {}), "epochs": 0}  # post-hoc: nothing is trained
+        raw["loader"] = {k: v for k, v in raw.get("loader", {}).items()  # τ-norm draws no stream
+                         if k not in ("sampler", "sampler_q", "class_aware_k")}
     cfg = config_from_dict(raw, f"{path} (stored config)")
     run = build_run(cfg)
     run.model.load_state_dict(state["model"])

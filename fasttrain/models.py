@@ -113,8 +113,12 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.fc = linear_head(backbone.feature_dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.backbone(x))
+    def forward(self, x: torch.Tensor, with_features: bool = False):
+        """Logits; with `with_features`, (logits, pooled features) — for losses of the feature
+        (FBL's norm stimulus) through the same (possibly compiled) forward."""
+        h = self.backbone(x)
+        logits = self.fc(h)
+        return (logits, h) if with_features else logits
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -20,7 +20,7 @@ class Learner:
     method: Method
     model: nn.Module  # the module whose weights are trained and saved
     forward_model: nn.Module  # what the loss calls: `model`, or its torch.compile wrapper
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None for methods with nothing to train (no steps run)
     scaler: torch.amp.GradScaler  # enabled only for fp16
     amp: torch.dtype | None  # autocast dtype; None = fp32
     device: torch.device

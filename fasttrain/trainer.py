@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fasttrain.build import build_run
+from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import load_checkpoint, save_checkpoint
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
 from fasttrain.environment import rng_state, set_rng_state, versions
@@ -124,8 +124,12 @@ class Trainer:
                     runlog.epoch(record)
                     if _due(cfg.train.save_every, epoch, cfg.train.epochs):
                         save_checkpoint(self._state(epoch + 1), self.run_dir / "last.pt")
-                report = report or evaluate(self.run)  # resumed after the last epoch: evaluate once
+                calibration = self._calibrate()
+                if calibration or report is None:  # post-hoc choice, or resumed after the last epoch
+                    report = evaluate(self.run)
                 summary = self._summary(report, meter, time.perf_counter() - t0)
+                if calibration:
+                    summary["calibration"] = calibration
                 runlog.finish(summary, report, self.run.train_set.train_counts)
         except _Stop:
             log.warning("stopped by signal; resume with --resume")
@@ -140,6 +144,18 @@ class Trainer:
         for group in self.learner.optimizer.param_groups:
             group["lr"] = lr
         return lr
+
+    def _calibrate(self) -> dict:
+        """Post-hoc methods (τ-norm) choose their parameters on a split once the epochs are done;
+        the choice goes into the resolved config and last.pt, so the stage's checkpoint carries it."""
+        split = self.method.calibration_split()
+        if split is None:
+            return {}
+        found = self.method.calibrate(self.model, build_split_loader(self.run, split), self.run.augmenter)
+        log.info("calibrated on the %s split: %s", split, found)
+        dump_config(self.cfg, self.run_dir / "config.yaml")
+        save_checkpoint(self._state(self.cfg.train.epochs), self.run_dir / "last.pt")
+        return found
 
     def _keep_best(self, report: dict, epoch: int) -> None:
         if report["top1"] > self.best["top1"]:
@@ -162,7 +178,8 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
     def _state(self, epoch_done: int) -> dict:
         lr = self.learner
-        return {"model": self.model.state_dict(), "optimizer": lr.optimizer.state_dict(),
+        return {"model": self.model.state_dict(),
+                "optimizer": lr.optimizer.state_dict() if lr.optimizer is not None else None,
                 "scaler": lr.scaler.state_dict(), "method": self.method.state_dict(),
                 "loader": self.loader.state_dict(), "rng": rng_state(),
                 "epoch": epoch_done,  # epochs fully completed
@@ -171,7 +188,8 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
-        self.learner.optimizer.load_state_dict(state["optimizer"])
+        if self.learner.optimizer is not None:
+            self.learner.optimizer.load_state_dict(state["optimizer"])
         self.learner.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
         self.loader.load_state_dict(state["loader"])

@@ -27,6 +27,8 @@ def _build_cifar(cfg) -> tuple[LTDataset, LTDataset]:
     from fasttrain.data.cifar import build_cifar_lt
 
     d = cfg.data
+    if d.eval_split != "test":  # the balanced test set is the only evaluation split CIFAR-LT has
+        raise DatasetError(f"data.eval_split: CIFAR-LT has only a 'test' split, got {d.eval_split!r}")
     return build_cifar_lt(d.root, 10 if d.dataset == "cifar10_lt" else 100, d.imbalance_ratio,
                           d.cifar_split, cifar_split_seed(cfg))
 

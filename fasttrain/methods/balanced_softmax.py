@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.methods.base import MethodConfig, register
-from fasttrain.methods.ce import CrossEntropy
+from fasttrain.methods.base import register
+from fasttrain.methods.ce import CEConfig, CrossEntropy
 from fasttrain.methods.priors import log_count_offset
 
 
 @dataclass
-class BalancedSoftmaxConfig(MethodConfig):
+class BalancedSoftmaxConfig(CEConfig):  # CE's re-weighting / focal options apply too
     pass
 
 

@@ -106,6 +106,9 @@ class Method:
     # True: the method draws its own streams (GLMC, MaxNorm), so a loader.sampler setting
     # would be ignored — the config rejects one instead.
     fixed_streams: ClassVar[bool] = False
+    # False: nothing to optimise (post-hoc methods such as τ-normalisation): the stage runs
+    # with train.epochs: 0 and no optimizer is built.
+    trains: ClassVar[bool] = True
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
         cfg.name = self.name
@@ -158,6 +161,17 @@ class Method:
 
     def after_epoch(self, model: nn.Module, progress: Progress) -> None:
         """Called after each epoch's updates, before evaluation."""
+
+    # --- post-hoc calibration ------------------------------------------------------------------
+    def calibration_split(self) -> str | None:
+        """A data split (`test` | `val`) to calibrate on after training, or None (most methods)."""
+        return None
+
+    def calibrate(self, model: nn.Module, loader, augmenter) -> dict:
+        """Fit post-hoc parameters on `loader` (the calibration split); returns what was chosen,
+        for the run's log and summary. Must write the choice into `self.cfg` (the stage's
+        resolved config) so an evaluation of the saved checkpoint applies it."""
+        return {}
 
     # --- inference -----------------------------------------------------------------------------
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

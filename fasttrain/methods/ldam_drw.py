@@ -33,8 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, Progress, register
+from fasttrain.methods.ce import weighted_cross_entropy
 from fasttrain.methods.priors import effective_number_weights, ldam_margins
 from fasttrain.models import Classifier
 
@@ -126,12 +126,8 @@ class LDAMDRW(Method):
         y = batch.labels
         offset = margin_offset(y, self.margins, ctx.num_classes) if cfg.max_margin > 0 else None
         weights = self.class_weights_at(progress.epoch)  # host-side decision: no device sync
-        kwargs = dict(y_a=y, logit_offset=offset, temperature=1.0 / cfg.scale, impl=ctx.loss_impl)
-        if weights is not None and cfg.weighted_mean:
-            loss = soft_target_cross_entropy(logits, class_weights=weights, reduction="sum", **kwargs)
-            loss = loss / weights[y].sum()
-        else:
-            loss = soft_target_cross_entropy(logits, class_weights=weights, **kwargs)
+        loss = weighted_cross_entropy(logits, y, weights, cfg.weighted_mean, impl=ctx.loss_impl,
+                                      logit_offset=offset, temperature=1.0 / cfg.scale)
         return loss, {"loss": loss.detach()}
 
     @torch.no_grad()

@@ -16,18 +16,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.methods.base import MethodConfig, register
-from fasttrain.methods.ce import CrossEntropy
+from fasttrain.methods.base import register
+from fasttrain.methods.ce import CEConfig, CrossEntropy
 from fasttrain.methods.priors import log_prior
 
 
 @dataclass
-class LogitAdjustConfig(MethodConfig):
+class LogitAdjustConfig(CEConfig):  # CE's re-weighting / focal options apply too
     tau: float = 1.0  # τ scaling the log prior
     # false: logit-adjusted loss, plain logits at test; true: plain CE, adjusted logits at test.
     posthoc: bool = False
 
     def validate(self) -> None:
+        super().validate()
         if not (math.isfinite(self.tau) and self.tau >= 0):
             raise ValueError(f"method.tau: expected a finite value >= 0, got {self.tau!r}")
 

@@ -23,26 +23,25 @@ import torch
 import torch.nn as nn
 
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Progress, StageMethod, StageMethodConfig, StreamSpec, register
+from fasttrain.methods.base import Progress, register
 from fasttrain.methods.priors import effective_number_weights
+from fasttrain.methods.retrain import HeadRetrainConfig, HeadRetraining
 
 PGD_EVERY = ("epoch", "step")
 LOSSES = ("cb_softmax_bce", "cb_ce")
-BN_MODES = ("train", "eval")
 
 
 @dataclass
-class MaxNormConfig(StageMethodConfig):
-    # base_method / base_config (StageMethodConfig): the model structure to build when there is
-    # no previous stage (a standalone run from a checkpoint via model.init_from).
-    head: str = "fc_cb"  # the Linear head to re-train (and to predict with)
+class MaxNormConfig(HeadRetrainConfig):
+    # base_method / base_config: the model structure to build when there is no previous stage
+    # (a standalone run from a checkpoint via model.init_from). HeadRetrainConfig also has
+    # bn_mode (train = reference: whole model in train mode, batch statistics, running stats
+    # keep updating) and the stage's sampler (instance, as the reference).
+    head: str = "fc_cb"  # the Linear head to re-train (and to predict with): GLMC's reweighted head
     thresh: float = 0.1  # τ of the per-layer max-norm threshold
     pgd_every: str = "epoch"  # epoch (reference code) | step (paper wording)
     loss: str = "cb_softmax_bce"  # cb_softmax_bce (reference code) | cb_ce
     cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
-    # BN of the frozen backbone: train (reference: whole model in train mode, running stats
-    # keep updating and batch statistics are used) | eval (frozen statistics).
-    bn_mode: str = "train"
 
     def validate(self) -> None:
         super().validate()
@@ -50,8 +49,6 @@ class MaxNormConfig(StageMethodConfig):
             raise ValueError(f"method.pgd_every: expected one of {list(PGD_EVERY)}, got {self.pgd_every!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"method.loss: expected one of {list(LOSSES)}, got {self.loss!r}")
-        if self.bn_mode not in BN_MODES:
-            raise ValueError(f"method.bn_mode: expected one of {list(BN_MODES)}, got {self.bn_mode!r}")
         if not 0.0 <= self.thresh <= 1.0:
             raise ValueError(f"method.thresh: expected a value in [0, 1], got {self.thresh!r}")
         if not 0.0 <= self.cb_beta < 1.0:
@@ -91,54 +88,25 @@ def project_rows(weight: torch.Tensor, delta: torch.Tensor) -> None:
 
 
 @register
-class MaxNorm(StageMethod):
+class MaxNorm(HeadRetraining):
     name = "maxnorm"
     config_class = MaxNormConfig
     num_views = 1
-    fixed_streams = True  # instance sampling, as the reference; loader.sampler is rejected
 
     def __init__(self, cfg: MaxNormConfig, ctx):
         super().__init__(cfg, ctx)
         self.weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
         self.delta: torch.Tensor | None = None
 
-    def streams(self) -> list[StreamSpec]:
-        return [StreamSpec(sampler="instance")]
-
-    def check_model(self, model: nn.Module) -> None:
-        self._head(model)  # fail early on a wrong `head`
-
-    def _head(self, model: nn.Module) -> nn.Linear:
-        head = getattr(model, self.cfg.head, None)
-        if not isinstance(head, nn.Linear):
-            heads = [n for n, m in model.named_children() if isinstance(m, nn.Linear)]
-            raise ValueError(f"method.head: model has no Linear head {self.cfg.head!r}; heads: {heads}")
-        return head
-
     def prepare(self, model: nn.Module) -> None:
-        head = self._head(model)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        head.weight.requires_grad_(True)
-        if head.bias is not None:
-            head.bias.requires_grad_(True)
+        head = self.head_of(model)
+        self.freeze_all_but(model, [p for p in (head.weight, head.bias) if p is not None])
         # Computed once from the starting classifier (the reference code's behaviour).
         self.delta = maxnorm_threshold(head.weight, self.cfg.thresh)
 
-    def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        head = self._head(model)
-        return [p for p in (head.weight, head.bias) if p is not None]
-
-    def _logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # frozen backbone: no graph (train-mode BN still updates stats)
-            h = model.backbone(x)
-        return self._head(model)(h)
-
     def loss(self, model, batch, progress: Progress):
-        if self.cfg.bn_mode == "eval":
-            model.backbone.eval()  # the trainer puts the whole model in train mode per epoch
         (x,) = self.ctx.augmenter.views(batch)
-        logits = self._logits(model, x)
+        logits = self.head_of(model)(self.features(model, x))
         if self.cfg.loss == "cb_softmax_bce":
             loss = cb_softmax_bce(logits, batch.labels, self.weights)
         else:
@@ -149,7 +117,7 @@ class MaxNorm(StageMethod):
     def _project(self, model: nn.Module) -> None:
         if self.delta is None:
             raise RuntimeError("method maxnorm: prepare(model) must run before training")
-        project_rows(self._head(model).weight, self.delta)
+        project_rows(self.head_of(model).weight, self.delta)
 
     def after_step(self, model: nn.Module, progress: Progress) -> None:
         if self.cfg.pgd_every == "step":
@@ -158,10 +126,6 @@ class MaxNorm(StageMethod):
     def after_epoch(self, model: nn.Module, progress: Progress) -> None:
         if self.cfg.pgd_every == "epoch":
             self._project(model)
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self._head(model)(model.backbone(x))
 
     def state_dict(self) -> dict:
         state = super().state_dict()

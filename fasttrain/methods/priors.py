@@ -40,3 +40,14 @@ def ldam_margins(counts: torch.Tensor, max_margin: float) -> torch.Tensor:
     `max_margin`)."""
     m = counts.double().clamp_min(1).pow(-0.25)
     return (m * (max_margin / m.max())).float()
+
+
+def fbl_stimulus(counts: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+    """FBL's per-class stimulus a_c = log n_max − log n_c, divided by its maximum
+    (log n_max − log n_min) so a_c ∈ [0, 1] as the official code does (`normalise=False`: the
+    paper's unnormalised log ratio). Built in float32 like the code (not float64)."""
+    log_n = counts.float().clamp_min(1).log()
+    a = log_n.max() - log_n
+    if normalise:
+        a = a / (log_n.max() - log_n.min()).clamp_min(1e-12)
+    return a

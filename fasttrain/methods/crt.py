@@ -1,0 +1,44 @@
+"""cRT — classifier re-training (Kang et al., "Decoupling Representation and Classifier for
+Long-Tailed Recognition", ICLR 2020).
+
+Second stage on a trained model: the classifier `head` is re-initialised (PyTorch's Linear init,
+`reinit: true`) and trained alone with class-balanced sampling (class-aware, 4 samples per drawn
+class, as the decoupling code's ClassAwareSampler) and plain CE, on the frozen backbone. The
+optimiser recipe (decoupling ImageNet-LT: SGD lr 0.2 for B 512, cosine, 10 epochs) lives in the
+config. Runs after CE / FBL / GLMC first stages (`stages:` or `model.init_from`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from fasttrain.kernels.soft_ce import soft_target_cross_entropy
+from fasttrain.methods.base import Progress, register
+from fasttrain.methods.retrain import HeadRetrainConfig, HeadRetraining
+
+
+@dataclass
+class CRTConfig(HeadRetrainConfig):
+    sampler: str = "class_aware"
+    class_aware_k: int = 4
+    reinit: bool = True  # re-initialise the head before re-training (false: fine-tune it)
+
+
+@register
+class CRT(HeadRetraining):
+    name = "crt"
+    config_class = CRTConfig
+    num_views = 1
+
+    def prepare(self, model: nn.Module) -> None:
+        head = self.head_of(model)
+        if self.cfg.reinit:
+            head.reset_parameters()
+        self.freeze_all_but(model, [p for p in (head.weight, head.bias) if p is not None])
+
+    def loss(self, model, batch, progress: Progress):
+        (x,) = self.ctx.augmenter.views(batch)
+        logits = self.head_of(model)(self.features(model, x))
+        loss = soft_target_cross_entropy(logits, y_a=batch.labels, impl=self.ctx.loss_impl)
+        return loss, {"loss": loss.detach()}

@@ -15,19 +15,22 @@ setup(
     version="0.1.0",
     description="High-throughput trainer for long-tailed image recognition (GLMC, SSD, FBL, baselines)",
     python_requires=">=3.11",
-    packages=core + loaders + kernels,
+    # The top-level configs/ ship inside the package (fasttrain/configs/), addressable by name.
+    packages=core + loaders + kernels + ["fasttrain.configs"],
     package_dir={
         "fasttrain": "fasttrain",
         "fasttrain.loaders": "loaders",
         "fasttrain.kernels": "kernels",
+        "fasttrain.configs": "configs",
         **{"fasttrain.loaders." + p: "loaders/" + p.replace(".", "/") for p in find_packages("loaders")},
         **{"fasttrain.kernels." + p: "kernels/" + p.replace(".", "/") for p in find_packages("kernels")},
     },
-    package_data={"fasttrain": ["splits/*/*.txt.gz", "configs/**/*.yaml"]},
+    package_data={"fasttrain": ["splits/*/*.txt.gz"], "fasttrain.configs": ["*.yaml", "*/*.yaml"]},
     include_package_data=True,
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        # Tested ranges: 2.14.1 / 0.29.1 (x86_64, CUDA build) and 2.9.1 / 0.24.1 (aarch64, CPU build).
+        "torch>=2.9,<2.15",
+        "torchvision>=0.24,<0.30",
         "numpy",
         "pyyaml",
         "tqdm",
@@ -38,7 +41,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest", "build", "wheel"],
-        "dali": ["nvidia-dali-cuda130"],
+        "dali": ["nvidia-dali-cuda130"],  # CUDA 13 drivers (and CPU-only machines)
+        "dali-cuda12": ["nvidia-dali-cuda120"],
     },
     entry_points={"console_scripts": ["fasttrain = fasttrain.cli:main"]},
 )

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fasttrain import __version__
 from fasttrain.schema import ConfigError
 
 
@@ -38,6 +39,35 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_configs(args) -> int:
+    from fasttrain.shipped import list_configs
+
+    rows = list_configs()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['target'] or r['about']}")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from fasttrain.config import dump_config, load_config, to_dict
+
+    if args.action == "show":
+        if not args.rest:
+            raise ConfigError("config show: give a config file or a shipped config name")
+        cfg = load_config(args.rest[0], args.rest[1:])
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from fasttrain.keys import key_reference
+
+    section = args.rest[0] if args.rest else None
+    for row in key_reference(section):
+        print(f"{row['key']:<34} {row['type']:<18} {str(row['default']):<14} {row['meaning']}")
+    return 0
+
+
 def _cmd_info(args) -> int:
     from fasttrain.info import collect_info
 
@@ -49,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fasttrain", description="High-throughput long-tailed recognition trainer")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"fasttrain {__version__}")
     t = sub.add_parser("train", help="train from a YAML config")
-    t.add_argument("config")
+    t.add_argument("config", help="a YAML file or a shipped config name (see `fasttrain configs`), "
+                                  "e.g. glmc/cifar10_lt_r100")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
     t.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/last.pt")
     t.set_defaults(func=_cmd_train)
@@ -63,9 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate with a tau-normalised classifier w_c / ||w_c||^tau (decoupling's tau-norm)")
     e.add_argument("--tau-head", default="fc", help="the Linear head --tau normalises (GLMC: fc_cb)")
     e.set_defaults(func=_cmd_eval)
-    d = sub.add_parser("data", help="fetch or build datasets (cifar10, cifar100, synthetic, verify)",
+    d = sub.add_parser("data", help="fetch, build or check datasets (see `fasttrain data --help`)",
                        add_help=False)
     d.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.data.cli.main
+    c = sub.add_parser("configs", help="list the shipped configs with the numbers they target")
+    c.set_defaults(func=_cmd_configs)
+    k = sub.add_parser("config", help="`config show CONFIG [overrides]`: the resolved config; "
+                                      "`config keys [SECTION]`: every key with type, default, meaning")
+    k.add_argument("action", choices=["show", "keys"])
+    k.add_argument("rest", nargs="*", help="show: CONFIG [section.key=value ...]; keys: [SECTION]")
+    k.set_defaults(func=_cmd_config)
     i = sub.add_parser("info", help="versions, devices and usable optional backends/kernels")
     i.set_defaults(func=_cmd_info)
     return p

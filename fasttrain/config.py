@@ -21,10 +21,11 @@ from fasttrain.kernels.mix import IMPLS as MIX_IMPLS
 from fasttrain.kernels.soft_ce import IMPLS as LOSS_IMPLS
 from fasttrain.loaders import BACKENDS
 from fasttrain.methods import METHODS
-from fasttrain.models import BACKBONES
+from fasttrain.models import BACKBONES, check_model_config
 from fasttrain.samplers import SAMPLERS
 from fasttrain.schedules import SCHEDULES
 from fasttrain.schema import ConfigError, build_dataclass, suggest
+from fasttrain.shipped import resolve_config
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,18 +37,18 @@ from fasttrain.schema import ConfigError, build_dataclass, suggest
 class DataConfig:
     # cifar10_lt | cifar100_lt | imagenet_lt | inat2018 | places_lt | folder | synthetic
     dataset: str = "cifar10_lt"
-    root: str = "data"
+    root: str = "data"  # dataset root folder
     imbalance_ratio: float = 100.0  # rho = n_max / n_min (CIFAR only)
     cifar_split: str = "ldam"  # ldam (seed-0 shuffle, first n_i) | glmc (choice w/o replacement)
     split_seed: int | None = None  # None: 0 for ldam, the run seed for glmc (as in the codes)
     train_list: str | None = None  # list files; None = the shipped/standard one
-    test_list: str | None = None
+    test_list: str | None = None  # eval list file; None = the shipped/standard one
     eval_split: str = "test"  # test | val (list-file datasets)
     few_shot_rule: str = "<20"  # <20 (standard OLTR) | <=20 (GLMC's code)
     num_classes: int | None = None  # synthetic corpus only
-    synthetic_max_per_class: int = 40
-    synthetic_imbalance: float = 10.0
-    synthetic_test_per_class: int = 4
+    synthetic_max_per_class: int = 40  # synthetic corpus: images of the largest class
+    synthetic_imbalance: float = 10.0  # synthetic corpus: n_max / n_min
+    synthetic_test_per_class: int = 4  # synthetic corpus: test images per class
     synthetic_size: list[int] = field(default_factory=lambda: [500, 400])  # width, height
 
 
@@ -55,56 +56,80 @@ class DataConfig:
 class AugmentConfig:
     # cifar (pad-4 crop + flip) | imagenet (RandomResizedCrop + ...) | none
     train: str = "cifar"
-    crop_padding: int = 4
-    crop_size: int = 224
-    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    crop_padding: int = 4  # cifar: zero padding of the random crop
+    crop_size: int = 224  # imagenet: output size of RandomResizedCrop / the eval centre crop
+    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # RandomResizedCrop aspect range
     color_jitter: float = 0.0  # brightness = contrast = saturation strength; 0 = off
-    color_jitter_p: float = 1.0
-    grayscale_p: float = 0.0
-    blur_p: float = 0.0
-    flip: bool = True
-    eval_resize: int = 256
+    color_jitter_p: float = 1.0  # probability of applying the colour jitter
+    grayscale_p: float = 0.0  # probability of RandomGrayscale
+    blur_p: float = 0.0  # probability of GaussianBlur(23, sigma 0.1-2)
+    flip: bool = True  # random horizontal flip
+    eval_resize: int = 256  # eval: resize the short side, then centre-crop crop_size
     mean: list[float] | None = None  # None = the dataset's standard statistics
-    std: list[float] | None = None
+    std: list[float] | None = None  # None = the dataset's standard statistics
     mix_impl: str = "auto"  # normalise/mix kernel dispatch: auto (Triton on CUDA) | triton | torch
 
 
 @dataclass
 class LoaderConfig:
     backend: str = "torch"  # torch | tensor | dali
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 2
-    pin_memory: bool = True
-    prefetch_factor: int = 2
-    drop_last: bool = False
+    batch_size: int = 64  # rows per stream per step (GLMC has 2 streams)
+    eval_batch_size: int = 256  # rows per evaluation step
+    num_workers: int = 2  # torch backend: DataLoader worker processes
+    pin_memory: bool = True  # torch backend: pinned host memory for the copy to CUDA
+    prefetch_factor: int = 2  # torch backend: batches prefetched per worker
+    drop_last: bool = False  # drop the last partial training batch
     sampler: str = "instance"  # instance | class_balanced | power | class_aware | sqrt
     sampler_q: float = 1.0  # exponent for the power-law sampler (weights n_c^-q)
-    class_aware_k: int = 2
-    dali_threads: int = 4
-    dali_prefetch: int = 2
+    class_aware_k: int = 2  # class_aware sampler: samples per drawn class
+    dali_threads: int = 4  # dali: CPU threads
+    dali_prefetch: int = 2  # dali: batches prepared ahead
     skip_corrupt: bool = False  # dali: skip and count unreadable JPEGs instead of failing
     dali_normalize: bool = False  # dali, 1 view, no mixing: normalised float straight from DALI
     dali_roi_decode: bool = True  # dali, 1-view training: decode only the crop window
     dali_antialias: bool = True  # antialiased downscaling like torchvision (false: faster on CPU)
     dali_reader_thread: bool = True  # read file bytes in a background thread
+    ffcv_path: str | None = None  # ffcv: .beton of the training split (convert-ffcv); null = cached conversion
+    ffcv_eval_path: str | None = None  # ffcv: .beton of the evaluation split; null = cached conversion
+    ffcv_cache_dir: str | None = None  # ffcv: where automatic conversions go; null = beside the data
+    ffcv_convert: bool = True  # ffcv: convert a split that has no .beton yet (false: error)
+    ffcv_write_mode: str = "auto"  # ffcv conversion: auto (raw arrays, jpg files) | jpg | raw | proportion
+    ffcv_max_resolution: int | None = None  # ffcv conversion: bound the longer side; null = keep
+    ffcv_jpeg_quality: int = 90  # ffcv conversion: quality of re-encoded JPEGs
+    ffcv_compress_probability: float = 0.5  # ffcv conversion, proportion mode: share stored as JPEG
+    ffcv_workers: int | None = None  # ffcv: decode threads / conversion processes; null = all cores
+    ffcv_os_cache: bool = True  # ffcv: read through the OS page cache (false: FFCV's process cache)
+    ffcv_quasi_random: bool = False  # ffcv: page-local reordering of each stream (same samples per epoch)
+    ffcv_batches_ahead: int = 3  # ffcv: batches decoded ahead
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet32"  # resnet32 | resnet32_w4 | resnet50 | resnext50_32x4d
-    channels_last: bool = True
+    # A name or family of fasttrain.models.BACKBONES: resnet32 | resnet32_w4 | resnet10 | resnet50 |
+    # resnext50_32x4d | timm/<name>[.<tag>] | torchvision/<name>
+    arch: str = "resnet32"
+    arch_kwargs: dict = field(default_factory=dict)  # library constructor arguments, e.g. {img_size: 64}
+    channels_last: bool = True  # model weights and inputs in torch.channels_last memory format
     init_from: str | None = None  # checkpoint whose model weights initialise this run
+    # Backbone weights when the run starts fresh: a .pth / .pt / .safetensors file, or
+    # `library` / `library:<tag>` for torchvision's / timm's own weights (local cache first).
+    pretrained: str | None = None
+    pretrained_ignore: list[str] = field(default_factory=list)  # fnmatch patterns of file keys to drop
+    pretrained_prefix: str = ""  # take only file keys under this prefix, stripped (e.g. backbone.net.)
+    pretrained_strict: bool = True  # every trunk weight from the file, every file key used
+    freeze: str | None = None  # null | trunk | a trunk module: freeze up to and including it
+    freeze_bn: str = "eval"  # the frozen part while training: eval (fixed statistics) | train
+    extra_block: str | None = None  # null | bottleneck: a trainable block on the trunk's feature map
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    nesterov: bool = False
+    name: str = "sgd"  # sgd (on every trainable parameter)
+    lr: float = 0.1  # base learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 2e-4  # L2 weight decay on all trainable parameters
+    nesterov: bool = False  # Nesterov momentum
     fused: bool = True  # torch fused SGD on CUDA
     apex: bool = False  # apex FusedSGD when importable
 
@@ -113,23 +138,23 @@ class OptimConfig:
 class ScheduleConfig:
     # constant | cosine | warmup_cosine | multistep | code_offbyone (GLMC ImageNet) | warmup_multistep
     name: str = "cosine"
-    warmup_epochs: int = 0
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    warmup_epochs: int = 0  # linear warm-up (e+1)/W for the warmup_* schedules
+    milestones: list[int] = field(default_factory=list)  # multistep: 0-indexed epochs of each drop
+    gamma: float = 0.1  # multistep: factor per milestone passed
+    min_lr: float = 0.0  # cosine family: the floor the lr decays to
     per_step: bool = False  # update the lr every step instead of every epoch
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int = 200  # epochs of this stage (0 only for post-hoc methods such as tau_norm)
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    compile: bool = False
-    log_every: int = 50
-    eval_every: int = 1
-    save_every: int = 1
+    compile: bool = False  # torch.compile the model's forward
+    log_every: int = 50  # steps between train scalars (TensorBoard, progress bar)
+    eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
+    save_every: int = 1  # epochs between last.pt checkpoints (the last epoch always)
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
-    deterministic: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms (warn only)
     # End this invocation cleanly after N epochs (last.pt saved; continue with --resume): for
     # jobs with a wall-time limit. The schedule still follows `epochs`.
     stop_after_epochs: int | None = None
@@ -146,10 +171,10 @@ class StageConfig:
 
 @dataclass
 class RunConfig:
-    name: str = "run"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs"
+    name: str = "run"  # the run directory is <out_dir>/<name>
+    seed: int = 0  # seeds model init, samplers, augmentation and mixing draws
+    device: str = "auto"  # auto (CUDA if present) | cpu | cuda | cuda:N
+    out_dir: str = "runs"  # parent folder of run directories
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -158,7 +183,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: Any = None  # the method's own dataclass instance
-    stages: list[StageConfig] = field(default_factory=list)
+    stages: list[StageConfig] = field(default_factory=list)  # later stages: [{name, overrides}] on top of this config
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,6 +221,10 @@ def choices() -> dict[str, list[str]]:
     }
 
 
+# Choice keys whose registry holds name families (`timm/<name>`): not a membership test; the
+# registry's own check (fasttrain.models.check_model_config) names the closest valid names.
+REGISTRY_CHECKED = {"model.arch"}
+
 POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "loader.class_aware_k",
             "train.log_every", "train.eval_every", "train.save_every", "augment.crop_size",
             "augment.eval_resize", "loader.dali_threads", "loader.prefetch_factor",
@@ -214,8 +243,11 @@ def _check_values(cfg: RunConfig) -> None:
         return obj
 
     for path, valid in choices().items():
+        if path in REGISTRY_CHECKED:
+            continue
         if get(path) not in valid:
             raise ConfigError(f"{path}: expected one of {valid}, got {get(path)!r}{suggest(str(get(path)), valid)}")
+    check_model_config(cfg.model)  # model.arch incl. families (closest names), pretrained/freeze forms
     for path in POSITIVE:
         if get(path) <= 0:
             raise ConfigError(f"{path}: expected a value > 0, got {get(path)!r}")
@@ -350,6 +382,11 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML file, or a shipped config by name (`glmc/cifar10_lt_r100`), plus overrides."""
+    try:
+        path = resolve_config(path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
     raw = _read_yaml(Path(path))
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw, str(path))

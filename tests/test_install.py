@@ -44,3 +44,35 @@ def test_built_wheel_imports_namespaced_packages(tmp_path):
     proc = run_probe(tmp_path, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith(str(target)), proc.stdout
+
+
+def test_wheel_ships_the_configs_and_trains_one_step_from_one_by_name(tmp_path):
+    """A user who installs the wheel (no checkout) gets the configs and can train from a name."""
+    wheel_dir = tmp_path / "wheel"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = wheel_dir.glob("fasttrain-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml"))
+    assert sorted(n.removeprefix("fasttrain/configs/") for n in names if n.startswith("fasttrain/configs/")) == shipped
+    target = tmp_path / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    env = dict(os.environ, PYTHONPATH=str(target), FASTTRAIN_NO_TQDM="1", OMP_NUM_THREADS="1")
+    listed = subprocess.run([sys.executable, "-m", "fasttrain.cli", "configs"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0 and "glmc/cifar10_lt_r100 " in listed.stdout, listed.stderr[-2000:]
+    run = subprocess.run(
+        [sys.executable, "-m", "fasttrain.cli", "train", "ce/cifar10_lt_r100", "data.dataset=synthetic",
+         "data.num_classes=3", "data.synthetic_size=[32,32]", "data.synthetic_max_per_class=8",
+         f"data.root={tmp_path / 'syn'}", f"out_dir={tmp_path / 'runs'}", "device=cpu", "train.epochs=1",
+         "train.max_steps_per_epoch=1", "loader.num_workers=0", "loader.batch_size=4"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    where = subprocess.run([sys.executable, "-c", "import fasttrain.shipped as s; print(s.configs_dir())"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert where.stdout.strip() == str(target / "fasttrain" / "configs")  # the wheel's copy, not the checkout's
+    summary = (tmp_path / "runs" / "ce_cifar10_lt_r100" / "summary.json").read_text()
+    assert '"steps": 1' in summary

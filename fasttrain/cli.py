@@ -32,7 +32,10 @@ def _cmd_eval(args) -> int:
     from fasttrain.evaluation import evaluate_checkpoint
 
     plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_per_class.png")
-    report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot, tau=args.tau, tau_head=args.tau_head)
+    stem = Path(args.checkpoint).with_name(Path(args.checkpoint).stem)
+    report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot, tau=args.tau, tau_head=args.tau_head,
+                                 csv=Path(args.csv) if args.csv else Path(f"{stem}_per_class.csv"),
+                                 confusion=Path(args.confusion) if args.confusion else None)
     if not args.per_class:
         report = {k: v for k, v in report.items() if k != "per_class"}
     print(json.dumps(report, indent=1))
@@ -52,7 +55,7 @@ def _cmd_configs(args) -> int:
 def _cmd_config(args) -> int:
     import yaml
 
-    from fasttrain.config import dump_config, load_config, to_dict
+    from fasttrain.config import load_config, to_dict
 
     if args.action == "show":
         if not args.rest:
@@ -94,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tau", type=float, default=None,
                    help="evaluate with a tau-normalised classifier w_c / ||w_c||^tau (decoupling's tau-norm)")
     e.add_argument("--tau-head", default="fc", help="the Linear head --tau normalises (GLMC: fc_cb)")
+    e.add_argument("--csv", help="per-class CSV (class, name, train count, group, accuracy); "
+                                 "default <checkpoint>_per_class.csv")
+    e.add_argument("--confusion", help="also write the confusion-matrix PNG here")
     e.set_defaults(func=_cmd_eval)
     d = sub.add_parser("data", help="fetch, build or check datasets (see `fasttrain data --help`)",
                        add_help=False)

@@ -55,6 +55,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def memory_peaks(device: torch.device) -> dict:
+    """Peak host RSS and (on CUDA) peak allocated GPU memory of this process so far, in MiB."""
+    import resource
+
+    out = {"host_rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["gpu_mem_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 def versions() -> dict:
     """Versions of fasttrain and the libraries a result depends on (and the CUDA device)."""
     info = {"fasttrain": __version__, "torch": torch.__version__, "python": platform.python_version()}

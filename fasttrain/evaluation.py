@@ -32,9 +32,12 @@ def collect_predictions(method, model, loader, augmenter) -> tuple[torch.Tensor,
     return torch.cat(probs).cpu(), torch.cat(labels).cpu()
 
 
-def evaluate(run) -> dict:
-    """The accuracy report of `run.model` (a fasttrain.build.Run) on its eval loader."""
+def evaluate(run, confusion: Path | None = None) -> dict:
+    """The accuracy report of `run.model` (a fasttrain.build.Run) on its eval loader; with
+    `confusion`, also the confusion-matrix PNG there."""
     probs, labels = collect_predictions(run.method, run.model, run.eval_loader, run.augmenter)
+    if confusion is not None:
+        plot_confusion(probs, labels, run.train_set.train_counts, confusion)
     return accuracy_report(probs, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
 
 
@@ -52,7 +55,8 @@ def tau_norm_section(stored: dict, tau: float, head: str) -> dict:
 
 
 def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, plot: Path | None = None,
-                        tau: float | None = None, tau_head: str = "fc") -> dict:
+                        tau: float | None = None, tau_head: str = "fc", csv: Path | None = None,
+                        confusion: Path | None = None) -> dict:
     """Evaluate checkpoint `path` with the config stored inside it (plus `overrides`); with `tau`,
     through a τ-normalised `tau_head` instead of the method's own prediction.
 
@@ -76,7 +80,9 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, pl
     cfg = config_from_dict(raw, f"{path} (stored config)")
     run = build_run(cfg)
     run.model.load_state_dict(state["model"])
-    report = evaluate(run)
+    report = evaluate(run, confusion)
+    if csv is not None:
+        write_per_class_csv(report, run.train_set, cfg.data.few_shot_rule, csv)
     if plot is not None:
         plot_per_class(report["per_class"], run.train_set.train_counts, plot,
                        title=f"{Path(path).name}: top-1 {report['top1']:.2f}%")
@@ -114,6 +120,74 @@ def accuracy_report(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.
     report["per_class"] = [round(100.0 * float(a), 4) for a in per_class]
     report["few_shot_rule"] = few_shot_rule
     return report
+
+
+def class_names(dataset) -> list[str]:
+    """A readable name per class: the dataset's own (folder classes, CIFAR label names), else the
+    folder of the class's first image (the wnid on ImageNet-LT, the category on iNat / Places),
+    else the index."""
+    if dataset.extra.get("classes"):
+        return [str(c) for c in dataset.extra["classes"]]
+    if dataset.images is not None and dataset.source:
+        meta = {10: ("batches.meta", b"label_names"), 100: ("meta", b"fine_label_names")}.get(dataset.num_classes)
+        path = Path(dataset.source) / meta[0] if meta else None
+        if path is not None and path.is_file():
+            import pickle
+
+            with open(path, "rb") as f:
+                names = pickle.load(f, encoding="bytes").get(meta[1], [])
+            if len(names) == dataset.num_classes:
+                return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    if dataset.paths is not None:
+        first: dict[int, str] = {}
+        for path, label in zip(dataset.paths, dataset.labels):
+            first.setdefault(int(label), Path(path).parent.name)
+        return [first.get(c, str(c)) for c in range(dataset.num_classes)]
+    return [str(c) for c in range(dataset.num_classes)]
+
+
+def write_per_class_csv(report: dict, train_set, rule: str, path: Path) -> None:
+    """class, name, train_count, group, accuracy (%) — one row per class (temp file + rename)."""
+    import csv
+
+    groups = shot_groups(train_set.train_counts, rule)
+    names = class_names(train_set)
+    path = Path(path)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "name", "train_count", "group", "accuracy"])
+        for c, acc in enumerate(report["per_class"]):
+            w.writerow([c, names[c], int(train_set.train_counts[c]), GROUP_NAMES[groups[c]], acc])
+    tmp.replace(path)
+
+
+def plot_confusion(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray, path: Path) -> None:
+    """PNG of the row-normalised confusion matrix, classes sorted by train count (head first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = len(train_counts)
+    order = np.argsort(-np.asarray(train_counts), kind="stable")
+    rank = np.empty(c, dtype=np.int64)
+    rank[order] = np.arange(c)
+    pred = rank[probs.argmax(dim=1).numpy()]
+    true = rank[labels.numpy()]
+    cm = np.zeros((c, c))
+    np.add.at(cm, (true, pred), 1)
+    cm /= np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("predicted class (sorted by training count)")
+    ax.set_ylabel("true class (sorted by training count)")
+    fig.colorbar(im, ax=ax, label="fraction of the true class")
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path, title: str = "") -> None:

@@ -4,7 +4,7 @@
 - TensorBoard events under `tb/` (train scalars every `train.log_every` steps, eval per epoch),
 - `metrics.jsonl`: one JSON record per epoch,
 - `train.log`: the plain-text log of the run (every `fasttrain` log line: epochs, warnings, resume),
-- `summary.json` (written atomically) and the per-class accuracy PNG at the end.
+- `summary.json` (written atomically), the per-class accuracy PNG and `per_class.csv` at the end.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from fasttrain.evaluation import plot_per_class
+from fasttrain.evaluation import plot_per_class, write_per_class_csv
 
 log = logging.getLogger("fasttrain")
 EVAL_KEYS = ("top1", "many", "medium", "few", "ece")
@@ -88,12 +88,13 @@ class RunLog:
         log.info("epoch %d: %s", record["epoch"],
                  {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
 
-    def finish(self, summary: dict, report: dict, train_counts) -> None:
-        """The per-class plot of the final report and summary.json (temp file + rename)."""
+    def finish(self, summary: dict, report: dict, train_set) -> None:
+        """The per-class plot and CSV of the final report, and summary.json (temp file + rename)."""
         if not self.enabled:
             return
-        plot_per_class(report["per_class"], train_counts, self.run_dir / "per_class_accuracy.png",
+        plot_per_class(report["per_class"], train_set.train_counts, self.run_dir / "per_class_accuracy.png",
                        title=f"{summary['name']}: top-1 {report['top1']:.2f}%")
+        write_per_class_csv(report, train_set, report["few_shot_rule"], self.run_dir / "per_class.csv")
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(self.run_dir / "summary.json")

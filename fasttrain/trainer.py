@@ -19,7 +19,7 @@ import torch
 from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import load_checkpoint, save_checkpoint
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
-from fasttrain.environment import rng_state, set_rng_state, versions
+from fasttrain.environment import memory_peaks, rng_state, set_rng_state, versions
 from fasttrain.evaluation import evaluate
 from fasttrain.meter import MeanLogs, ThroughputMeter
 from fasttrain.methods import Progress
@@ -99,6 +99,7 @@ class Trainer:
         out = logs.means()
         out.update({"lr": lr, "img_per_s": rate["img_per_s"], "data_wait_frac": rate["data_wait_frac"],
                     "steps": step - start, "train_loss": out.get("loss", float("nan"))})
+        out.update(memory_peaks(self.run.device))
         if hasattr(loader, "skipped"):  # DALI skip_corrupt: files dropped so far
             out["skipped_files"] = len(loader.skipped)
         return out
@@ -130,7 +131,7 @@ class Trainer:
                 summary = self._summary(report, meter, time.perf_counter() - t0)
                 if calibration:
                     summary["calibration"] = calibration
-                runlog.finish(summary, report, self.run.train_set.train_counts)
+                runlog.finish(summary, report, self.run.train_set)
         except _Stop:
             log.warning("stopped by signal; resume with --resume")
             raise SystemExit(143) from None

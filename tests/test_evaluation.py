@@ -33,3 +33,23 @@ def test_plot_writes_png(tmp_path):
     path = tmp_path / "acc.png"
     plot_per_class([90.0, 50.0, 10.0], np.array([100, 10, 1]), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_class_csv_and_confusion_png(tmp_path):
+    import csv
+
+    from fasttrain.data.index import LTDataset
+    from fasttrain.evaluation import class_names, plot_confusion, write_per_class_csv
+
+    train = LTDataset("toy", 3, np.array([0] * 150 + [1] * 30 + [2] * 5), np.array([150, 30, 5]),
+                      paths=[f"/d/train/n0{c}/x{i}.jpg" for c, n in enumerate([150, 30, 5]) for i in range(n)])
+    assert class_names(train) == ["n00", "n01", "n02"]  # the folder (wnid) of each class
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.2, 0.2], [0.1, 0.1, 0.8]])
+    labels = torch.tensor([0, 1, 2, 2])
+    report = accuracy_report(probs, labels, train.train_counts)
+    write_per_class_csv(report, train, "<20", tmp_path / "per_class.csv")
+    rows = list(csv.DictReader(open(tmp_path / "per_class.csv")))
+    assert [(r["class"], r["name"], r["train_count"], r["group"], float(r["accuracy"])) for r in rows] == [
+        ("0", "n00", "150", "many", 100.0), ("1", "n01", "30", "medium", 100.0), ("2", "n02", "5", "few", 50.0)]
+    plot_confusion(probs, labels, train.train_counts, tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,11 @@ def test_ce_two_epochs_lowers_loss_and_resume_is_bit_exact(cifar10_root, tmp_pat
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert full["final"]["many_classes"] == 8 and full["final"]["medium_classes"] == 2
+    log_text = (run / "train.log").read_text()  # the plain-text log: epochs, no progress-bar noise
+    assert "epoch 0:" in log_text and "epoch 1:" in log_text and "\r" not in log_text
+    rows = (run / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,name,train_count,group,accuracy" and rows[1].startswith("0,airplane,5000,many,")
+    assert all(e["host_rss_peak_mib"] > 0 for e in full["epochs"])
     assert full["img_per_s"] > 0
 
     # Interrupted after epoch 1, then resumed: identical weights and metrics.
@@ -56,6 +61,7 @@ def test_cli_eval_checkpoint(cifar10_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fasttrain.cli", "eval", str(ckpt), "loader.num_workers=0"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ce_cifar10_lt_r100" / "best_per_class.csv").is_file()
     report = json.loads(proc.stdout)
     assert 0 <= report["top1"] <= 100 and report["many_classes"] == 8
     assert (tmp_path / "ce_cifar10_lt_r100" / "best_per_class.png").is_file()

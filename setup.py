@@ -40,7 +40,8 @@ setup(
         "pillow",
     ],
     extras_require={
-        "dev": ["pytest", "build", "wheel"],
+        "dev": ["pytest", "build", "wheel", "onnx", "onnxruntime"],  # onnx: `fasttrain export --format onnx` tests
+        "onnx": ["onnx", "onnxruntime"],
         "dali": ["nvidia-dali-cuda130"],  # CUDA 13 drivers (and CPU-only machines)
         "dali-cuda12": ["nvidia-dali-cuda120"],
     },

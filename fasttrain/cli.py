@@ -71,6 +71,26 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    from fasttrain.inference import predict
+
+    rows = predict(args.checkpoint, args.target, topk=args.topk, out=args.out, batch_size=args.batch_size,
+                   device=args.device)
+    if args.out is None:
+        for r in rows:
+            print(json.dumps(r))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from fasttrain.inference import export
+
+    out = args.out or str(Path(args.checkpoint).with_suffix({"safetensors": ".safetensors", "torchscript": ".ts",
+                                                             "onnx": ".onnx"}[args.format]))
+    print(json.dumps({"written": str(export(args.checkpoint, args.format, out)), "config": f"{out}.json"}))
+    return 0
+
+
 def _cmd_info(args) -> int:
     from fasttrain.info import collect_info
 
@@ -104,6 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch, build or check datasets (see `fasttrain data --help`)",
                        add_help=False)
     d.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.data.cli.main
+    pr = sub.add_parser("predict", help="top-k classes of images with a checkpoint (the run's eval transform)")
+    pr.add_argument("checkpoint")
+    pr.add_argument("target", help="an image, a folder of images, or a list file of image paths")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--out", help="write a CSV (file, class1, name1, prob1, ...) instead of JSON lines")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(func=_cmd_predict)
+    ex = sub.add_parser("export", help="export a checkpoint's model (+ its resolved config beside it)")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], required=True)
+    ex.add_argument("--out", help="output file (default: the checkpoint's name with the format's suffix)")
+    ex.set_defaults(func=_cmd_export)
     c = sub.add_parser("configs", help="list the shipped configs with the numbers they target")
     c.set_defaults(func=_cmd_configs)
     k = sub.add_parser("config", help="`config show CONFIG [overrides]`: the resolved config; "

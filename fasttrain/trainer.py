@@ -20,7 +20,7 @@ from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import load_checkpoint, save_checkpoint
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
 from fasttrain.environment import memory_peaks, rng_state, set_rng_state, versions
-from fasttrain.evaluation import evaluate
+from fasttrain.evaluation import class_names, evaluate
 from fasttrain.meter import MeanLogs, ThroughputMeter
 from fasttrain.methods import Progress
 from fasttrain.runlog import EVAL_KEYS, RunLog
@@ -162,7 +162,7 @@ class Trainer:
         if report["top1"] > self.best["top1"]:
             self.best = {"top1": report["top1"], "epoch": epoch, **{k: report[k] for k in ("many", "medium", "few")}}
             save_checkpoint({"model": self.model.state_dict(), "epoch": epoch + 1, "report": report,
-                             "config": to_dict(self.cfg)}, self.run_dir / "best.pt")
+                             "config": to_dict(self.cfg), "meta": self._meta()}, self.run_dir / "best.pt")
 
     def _summary(self, report: dict, meter: ThroughputMeter, wall_s: float) -> dict:
         cfg = self.cfg
@@ -184,7 +184,16 @@ class Trainer:
                 "scaler": lr.scaler.state_dict(), "method": self.method.state_dict(),
                 "loader": self.loader.state_dict(), "rng": rng_state(),
                 "epoch": epoch_done,  # epochs fully completed
-                "best": self.best, "history": self.history, "config": to_dict(self.cfg)}
+                "best": self.best, "history": self.history, "config": to_dict(self.cfg), "meta": self._meta()}
+
+    def _meta(self) -> dict:
+        """What inference needs without the training data (fasttrain predict / export)."""
+        ts = self.run.train_set
+        meta = {"class_names": class_names(ts), "train_counts": [int(n) for n in ts.train_counts],
+                "mean": list(self.run.augmenter.mean), "std": list(self.run.augmenter.std)}
+        if ts.images is not None:
+            meta["image_size"] = list(ts.images.shape[1:3])
+        return meta
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path)

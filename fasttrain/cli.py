@@ -91,6 +91,19 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from fasttrain.sweep import run_sweep
+
+    out = run_sweep(args.config, args.seeds, args.set, args.overrides)
+    print((Path(out["dir"]) / "results.md").read_text(), end="")
+    failed = [r["tag"] for r in out["runs"] if "error" in r]
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(failed)} (re-run the same command to retry them)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_info(args) -> int:
     from fasttrain.info import collect_info
 
@@ -137,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["safetensors", "torchscript", "onnx"], required=True)
     ex.add_argument("--out", help="output file (default: the checkpoint's name with the format's suffix)")
     ex.set_defaults(func=_cmd_export)
+    sw = sub.add_parser("sweep", help="a grid of runs (seeds x settings), one process each; mean ± std table")
+    sw.add_argument("config")
+    sw.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0])
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a swept key and its values (repeatable; the grid is their product)")
+    sw.set_defaults(func=_cmd_sweep)
     c = sub.add_parser("configs", help="list the shipped configs with the numbers they target")
     c.set_defaults(func=_cmd_configs)
     k = sub.add_parser("config", help="`config show CONFIG [overrides]`: the resolved config; "

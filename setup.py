@@ -40,8 +40,10 @@ setup(
         "pillow",
     ],
     extras_require={
-        "dev": ["pytest", "build", "wheel", "onnx", "onnxruntime"],  # onnx: `fasttrain export --format onnx` tests
+        # onnx / wandb: the export and logger tests run in CI
+        "dev": ["pytest", "build", "wheel", "onnx", "onnxruntime", "wandb"],
         "onnx": ["onnx", "onnxruntime"],
+        "wandb": ["wandb"],
         "dali": ["nvidia-dali-cuda130"],  # CUDA 13 drivers (and CPU-only machines)
         "dali-cuda12": ["nvidia-dali-cuda120"],
     },

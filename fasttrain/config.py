@@ -62,6 +62,7 @@ class AugmentConfig:
     rrc_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # RandomResizedCrop aspect range
     color_jitter: float = 0.0  # brightness = contrast = saturation strength; 0 = off
     color_jitter_p: float = 1.0  # probability of applying the colour jitter
+    color_jitter_hue: float = 0.0  # hue jitter factor h <= 0.5 (torchvision's; DALI gets h*360 degrees); 0 = off
     grayscale_p: float = 0.0  # probability of RandomGrayscale
     blur_p: float = 0.0  # probability of GaussianBlur(23, sigma 0.1-2)
     flip: bool = True  # random horizontal flip
@@ -69,6 +70,9 @@ class AugmentConfig:
     mean: list[float] | None = None  # None = the dataset's standard statistics
     std: list[float] | None = None  # None = the dataset's standard statistics
     mix_impl: str = "auto"  # normalise/mix kernel dispatch: auto (Triton on CUDA) | triton | torch
+    # Per-view training augmentation (SSD's query / key views): one mapping of overrides of the keys
+    # above per view, e.g. [{}, {rrc_scale: [0.2, 1.0], grayscale_p: 0.2}]; [] = every view the same
+    views: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -120,6 +124,7 @@ class ModelConfig:
     pretrained_strict: bool = True  # every trunk weight from the file, every file key used
     freeze: str | None = None  # null | trunk | a trunk module: freeze up to and including it
     freeze_bn: str = "eval"  # the frozen part while training: eval (fixed statistics) | train
+    drop_modules: list[str] = field(default_factory=list)  # trunk modules replaced by Identity, e.g. [layer4.2]
     extra_block: str | None = None  # null | bottleneck: a trainable block on the trunk's feature map
 
 
@@ -162,6 +167,15 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    wandb: bool = False  # also log to Weights & Biases (pip install wandb)
+    wandb_project: str = "fasttrain"  # W&B project
+    wandb_entity: str | None = None  # W&B entity (team or user); None = your default
+    wandb_tags: list[str] = field(default_factory=list)  # W&B run tags
+    wandb_mode: str = "online"  # online | offline (sync later with `wandb sync`) | disabled
+
+
+@dataclass
 class StageConfig:
     """A later stage of a multi-stage run: overrides applied on top of the resolved run config."""
 
@@ -182,6 +196,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     method: Any = None  # the method's own dataclass instance
     stages: list[StageConfig] = field(default_factory=list)  # later stages: [{name, overrides}] on top of this config
 
@@ -199,6 +214,7 @@ CHOICES = {
     "augment.train": ["cifar", "imagenet", "none"],
     "optim.name": ["sgd"],
     "train.amp": ["auto", "bf16", "fp16", "fp32"],
+    "log.wandb_mode": ["online", "offline", "disabled"],
 }
 
 # A key that moved: old path -> new path (an old config gets an error naming the new key).
@@ -233,6 +249,11 @@ NON_NEGATIVE = {"optim.lr", "optim.weight_decay", "optim.momentum", "loader.num_
                 "schedule.warmup_epochs", "augment.crop_padding", "augment.color_jitter",
                 "schedule.min_lr"}
 PROBABILITY = {"augment.grayscale_p", "augment.blur_p", "augment.color_jitter_p"}
+# Keys one view may override (augment.views): what one view's training augmentation draws. The
+# output size, the eval transform, normalisation and the kernel choice are shared by all views.
+PER_VIEW_KEYS = ("train", "crop_padding", "rrc_scale", "rrc_ratio", "color_jitter", "color_jitter_p",
+                 "color_jitter_hue", "grayscale_p", "blur_p", "flip")
+MAX_HUE = 0.5  # torchvision's bound of the hue factor (half the colour circle)
 
 
 def _check_values(cfg: RunConfig) -> None:
@@ -262,6 +283,7 @@ def _check_values(cfg: RunConfig) -> None:
     if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch <= 0:
         raise ConfigError(f"train.max_steps_per_epoch: expected a value > 0 or null, got {cfg.train.max_steps_per_epoch!r}")
     _check_streams(cfg)
+    _check_views(cfg)
     if cfg.method is not None and hasattr(cfg.method, "validate"):
         try:
             cfg.method.validate()
@@ -287,6 +309,50 @@ def _check_streams(cfg: RunConfig) -> None:
         if getattr(cfg.loader, key) != getattr(default, key):
             raise ConfigError(f"loader.{key}: method {method.name} draws its own sample streams and would ignore "
                               f"loader.{key}={getattr(cfg.loader, key)!r}; remove it (see the method's own keys)")
+
+
+def _check_view_value(key: str, value: Any, where: str) -> None:
+    """The value checks of augment.<key>, for one view's override at `where`."""
+    path = f"augment.{key}"
+    valid = CHOICES.get(path)
+    if valid is not None and value not in valid:
+        raise ConfigError(f"{where}: expected one of {valid}, got {value!r}{suggest(str(value), valid)}")
+    if path in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{where}: expected a value >= 0, got {value!r}")
+    if path in PROBABILITY and not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}: expected a probability in [0, 1], got {value!r}")
+    if key == "color_jitter_hue" and not 0.0 <= value <= MAX_HUE:
+        raise ConfigError(f"{where}: expected a hue factor in [0, {MAX_HUE}], got {value!r}")
+
+
+def _check_views(cfg: RunConfig) -> None:
+    """augment.color_jitter_hue, and augment.views: one override mapping per view of the method,
+    each key a per-view AugmentConfig key with a valid value. The overrides are stored typed."""
+    aug = cfg.augment
+    _check_view_value("color_jitter_hue", aug.color_jitter_hue, "augment.color_jitter_hue")
+    if not aug.views:
+        return
+    method = METHODS[cfg.method.name]
+    if len(aug.views) != method.num_views:
+        raise ConfigError(f"augment.views: {len(aug.views)} per-view entries, but method {method.name} uses "
+                          f"{method.num_views} view(s); give one entry per view, or [] (a later stage with "
+                          "fewer views sets `augment: {views: []}` in its overrides)")
+    fields = [f.name for f in dataclasses.fields(AugmentConfig)]
+    base = {k: v for k, v in to_dict(aug).items() if k != "views"}
+    typed = []
+    for i, over in enumerate(aug.views):
+        where = f"augment.views[{i}]"
+        for key in over:
+            if key not in fields:
+                raise ConfigError(f"unknown key {where + '.' + str(key)!r}{suggest(str(key), list(PER_VIEW_KEYS))}")
+            if key not in PER_VIEW_KEYS:
+                raise ConfigError(f"{where}.{key}: not a per-view key (every view shares it); per-view keys: "
+                                  f"{', '.join(PER_VIEW_KEYS)}")
+        view = build_dataclass(AugmentConfig, {**base, **over}, where)
+        for key in over:
+            _check_view_value(key, getattr(view, key), f"{where}.{key}")
+        typed.append({key: getattr(view, key) for key in over})
+    aug.views = typed
 
 
 def _check_moved(raw: dict) -> None:

@@ -12,7 +12,7 @@ import typing
 from fasttrain import config as C
 
 SECTIONS = {"data": C.DataConfig, "augment": C.AugmentConfig, "loader": C.LoaderConfig, "model": C.ModelConfig,
-            "optim": C.OptimConfig, "schedule": C.ScheduleConfig, "train": C.TrainConfig}
+            "optim": C.OptimConfig, "schedule": C.ScheduleConfig, "train": C.TrainConfig, "log": C.LogConfig}
 TOP_LEVEL = ("name", "seed", "device", "out_dir", "stages")  # RunConfig's own keys (method: its own table)
 
 

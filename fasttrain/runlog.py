@@ -4,7 +4,8 @@
 - TensorBoard events under `tb/` (train scalars every `train.log_every` steps, eval per epoch),
 - `metrics.jsonl`: one JSON record per epoch,
 - `train.log`: the plain-text log of the run (every `fasttrain` log line: epochs, warnings, resume),
-- `summary.json` (written atomically), the per-class accuracy PNG and `per_class.csv` at the end.
+- `summary.json` (written atomically), the per-class accuracy PNG and `per_class.csv` at the end;
+- optionally Weights & Biases (`log.wandb: true`): the same train scalars, epoch records and summary.
 """
 from __future__ import annotations
 
@@ -19,15 +20,32 @@ log = logging.getLogger("fasttrain")
 EVAL_KEYS = ("top1", "many", "medium", "few", "ece")
 
 
+def start_wandb(cfg, run_dir: Path):
+    """A W&B run for `cfg` (lazily imported: `pip install wandb`), its config the resolved one."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ImportError("log.wandb=true needs Weights & Biases: pip install wandb (or set log.wandb=false)") from exc
+    from fasttrain.config import to_dict
+
+    lg = cfg.log
+    return wandb.init(project=lg.wandb_project, entity=lg.wandb_entity, tags=list(lg.wandb_tags), mode=lg.wandb_mode,
+                      name=cfg.name, dir=str(run_dir), config=to_dict(cfg), reinit=True)
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, cfg=None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._writer = None
         self._handler = None
         self._old_level = None
+        self._wandb = None
         if not enabled:
             return
+        if cfg is not None and cfg.log.wandb:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._wandb = start_wandb(cfg, self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -47,6 +65,9 @@ class RunLog:
         self.close()
 
     def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -68,6 +89,9 @@ class RunLog:
     def train(self, global_step: int, scalars: dict[str, float], rate: dict[str, float], lr: float, bar) -> None:
         """Train scalars of the epoch so far, every `train.log_every` steps."""
         bar.set_postfix(loss=f"{scalars.get('loss', float('nan')):.4f}", ips=f"{rate['img_per_s']:.0f}")
+        if self._wandb is not None:
+            self._wandb.log({**{f"train/{k}": v for k, v in scalars.items()}, "train/img_per_s": rate["img_per_s"],
+                             "train/data_wait_frac": rate["data_wait_frac"], "train/lr": lr}, step=global_step)
         if self._writer is None:
             return
         for k, v in scalars.items():
@@ -85,6 +109,8 @@ class RunLog:
             for k in EVAL_KEYS:
                 if record.get(k) is not None:
                     self._writer.add_scalar(f"eval/{k}", record[k], record["epoch"])
+        if self._wandb is not None:
+            self._wandb.log({f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
         log.info("epoch %d: %s", record["epoch"],
                  {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
 
@@ -95,6 +121,9 @@ class RunLog:
         plot_per_class(report["per_class"], train_set.train_counts, self.run_dir / "per_class_accuracy.png",
                        title=f"{summary['name']}: top-1 {report['top1']:.2f}%")
         write_per_class_csv(report, train_set, report["few_shot_rule"], self.run_dir / "per_class.csv")
+        if self._wandb is not None:
+            self._wandb.summary.update({f"final/{k}": v for k, v in summary["final"].items()
+                                        if isinstance(v, (int, float))})
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=1))
         tmp.replace(self.run_dir / "summary.json")

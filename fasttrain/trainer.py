@@ -111,7 +111,7 @@ class Trainer:
         meter, t0, report = ThroughputMeter(), time.perf_counter(), None
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         try:
-            with RunLog(self.run_dir, enabled=self.rank == 0) as runlog:
+            with RunLog(self.run_dir, enabled=self.rank == 0, cfg=cfg) as runlog:
                 for done_here, epoch in enumerate(range(self.start_epoch, cfg.train.epochs)):
                     if cfg.train.stop_after_epochs is not None and done_here >= cfg.train.stop_after_epochs:
                         log.warning("stopping after %d epochs as configured; continue with --resume", done_here)

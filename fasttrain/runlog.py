@@ -4,7 +4,8 @@
 - TensorBoard events under `tb/` (train scalars every `train.log_every` steps, eval per epoch),
 - `metrics.jsonl`: one JSON record per epoch,
 - `train.log`: the plain-text log of the run (every `fasttrain` log line: epochs, warnings, resume),
-- `summary.json` (written atomically), the per-class accuracy PNG and `per_class.csv` at the end;
+- `summary.json` (written atomically), the per-class accuracy PNG, `per_class.csv` and
+  `top1_vs_time.png` (top-1 of each evaluated epoch against wall time) at the end;
 - optionally Weights & Biases (`log.wandb: true`): the same train scalars, epoch records and summary.
 """
 from __future__ import annotations
@@ -18,6 +19,34 @@ from fasttrain.evaluation import plot_per_class, write_per_class_csv
 
 log = logging.getLogger("fasttrain")
 EVAL_KEYS = ("top1", "many", "medium", "few", "ece")
+
+
+def plot_top1_vs_time(epochs: list[dict], path: Path, title: str) -> None:
+    """Top-1 (and many / medium / few) of the evaluated epochs against wall-clock minutes."""
+    points = [e for e in epochs if e.get("top1") is not None and e.get("wall_s") is not None]
+    if not points:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [e["wall_s"] / 60 for e in points]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(minutes, [e["top1"] for e in points], marker="o", label="top-1", color="black")
+    for key, colour in (("many", "#4c72b0"), ("medium", "#dd8452"), ("few", "#55a868")):
+        if any(e.get(key) is not None for e in points):
+            ax.plot(minutes, [e.get(key) for e in points], marker=".", label=key, color=colour, alpha=0.7)
+    ax.set_xlabel("wall time (min, this invocation)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def start_wandb(cfg, run_dir: Path):
@@ -121,6 +150,7 @@ class RunLog:
         plot_per_class(report["per_class"], train_set.train_counts, self.run_dir / "per_class_accuracy.png",
                        title=f"{summary['name']}: top-1 {report['top1']:.2f}%")
         write_per_class_csv(report, train_set, report["few_shot_rule"], self.run_dir / "per_class.csv")
+        plot_top1_vs_time(summary["epochs"], self.run_dir / "top1_vs_time.png", summary["name"])
         if self._wandb is not None:
             self._wandb.summary.update({f"final/{k}": v for k, v in summary["final"].items()
                                         if isinstance(v, (int, float))})

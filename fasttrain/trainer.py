@@ -121,6 +121,7 @@ class Trainer:
                         report = evaluate(self.run)
                         record.update({k: report[k] for k in EVAL_KEYS})
                         self._keep_best(report, epoch)
+                    record["wall_s"] = time.perf_counter() - t0  # since this invocation started
                     self.history.append(record)
                     runlog.epoch(record)
                     if _due(cfg.train.save_every, epoch, cfg.train.epochs):

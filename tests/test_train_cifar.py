@@ -23,7 +23,8 @@ def test_ce_two_epochs_lowers_loss_and_resume_is_bit_exact(cifar10_root, tmp_pat
     losses = [e["train_loss"] for e in full["epochs"]]
     assert losses[1] < losses[0], losses
     run = tmp_path / "a" / "ce_cifar10_lt_r100"
-    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "per_class_accuracy.png", "summary.json"):
+    for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "per_class_accuracy.png", "summary.json",
+                 "train.log", "per_class.csv", "top1_vs_time.png"):
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert full["final"]["many_classes"] == 8 and full["final"]["medium_classes"] == 2

@@ -3,9 +3,14 @@ and the previous checkpoint stays intact until the new one is complete."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot (or must not) be loaded; the message names the file and why."""
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -25,12 +30,18 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint without running code: `weights_only=True`, so only tensors and plain
+    containers unpickle (fasttrain writes nothing else, RNG states included). A file whose pickle
+    names anything else — e.g. a crafted file that would run code — is refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        # Our own checkpoints hold numpy RNG states and plain containers, so full unpickling
-        # is needed; only load checkpoints you trust.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused — the checkpoint holds objects other than tensors and plain "
+                           f"containers, which could run code when loaded (checkpoints of fasttrain before 0.1.1 "
+                           f"held numpy RNG states: re-save them from a trusted copy) [{str(exc).splitlines()[0]}]"
+                           ) from None
     except Exception as exc:
-        raise RuntimeError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from fasttrain import __version__
+from fasttrain.checkpoint import CheckpointError
 from fasttrain.schema import ConfigError
 
 
@@ -16,7 +17,7 @@ def _cmd_train(args) -> int:
     from fasttrain.trainer import run_training
 
     cfg = load_config(args.config, args.overrides)
-    summary = run_training(cfg, resume=args.resume)
+    summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     if "final" not in summary:
         print(json.dumps({"run_dir": str(Path(cfg.out_dir) / cfg.name), "stopped_at_epoch": summary["stopped_at_epoch"],
                           "continue_with": f"fasttrain train {args.config} ... --resume"}, indent=1))
@@ -120,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="a YAML file or a shipped config name (see `fasttrain configs`), "
                                   "e.g. glmc/cifar10_lt_r100")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    t.add_argument("--resume", action="store_true", help="continue from <out_dir>/<name>/last.pt")
+    t.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from <out_dir>/<name>/last.pt, or from the given checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start again in a run directory that holds a run (deletes its files)")
     t.set_defaults(func=_cmd_train)
     e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, many/medium/few, ECE, per-class PNG)")
     e.add_argument("checkpoint")
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:  # the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # user-facing errors from data checks carry file/line context

@@ -64,8 +64,9 @@ def run_sweep(config: str, seeds: list[int], sets: list[str], overrides: list[st
         run_dir = root / r["tag"]
         summary = _final_summary(run_dir, stages)
         if not summary.is_file():
+            resume = ["--resume"] if (run_dir / "last.pt").is_file() else ["--overwrite"]  # continue, or redo
             cmd = [sys.executable, "-m", "fasttrain.cli", "train", str(config), *overrides, *r["overrides"],
-                   f"name={base.name}_sweep/{r['tag']}", "--resume"]
+                   f"name={base.name}_sweep/{r['tag']}", *resume]
             print(f"[sweep] {r['tag']}: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd)
             if proc.returncode != 0 or not summary.is_file():

@@ -7,8 +7,10 @@ the run is `fasttrain.runlog.RunLog`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import torch
 from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import load_checkpoint, save_checkpoint
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
+from fasttrain.schema import ConfigError
 from fasttrain.environment import memory_peaks, rng_state, set_rng_state, versions
 from fasttrain.evaluation import class_names, evaluate
 from fasttrain.meter import MeanLogs, ThroughputMeter
@@ -36,6 +39,16 @@ class StageResult:
     summary: dict
 
 
+# What a run leaves in its directory (a later stage's sub-directory is its own run).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "summary.json", "tb",
+             "per_class_accuracy.png", "per_class.csv", "top1_vs_time.png")
+
+
+class RunDirectoryInUse(ConfigError):
+    """Starting a run in a directory that holds one, without --resume or --overwrite (a usage
+    error: printed without a traceback, like a config error)."""
+
+
 class _Stop(Exception):
     """Raised inside the loop when SIGTERM asked for a clean stop (last.pt is saved first)."""
 
@@ -46,7 +59,9 @@ def _due(every: int, epoch: int, epochs: int) -> bool:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, previous_model: torch.nn.Module | None = None,
-                 resume: bool = False):
+                 resume: bool | str | Path = False, overwrite: bool = False):
+        """`resume`: False, True (this run directory's last.pt) or a checkpoint path. A run directory
+        that already holds a run is never reused silently: resume it, or pass `overwrite`."""
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         if self.world_size > 1:
@@ -63,8 +78,13 @@ class Trainer:
         self.best = {"top1": -1.0, "epoch": -1}
         self.history: list[dict] = []
         self._stop_requested = False
-        if resume and (self.run_dir / "last.pt").is_file():
-            self._resume(self.run_dir / "last.pt")
+        checkpoint = Path(resume) if isinstance(resume, (str, Path)) else self.run_dir / "last.pt"
+        if resume and checkpoint.is_file():
+            self._resume(checkpoint)
+        elif isinstance(resume, (str, Path)):
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        elif not resume:
+            self._claim_run_dir(overwrite)
 
     # --- the loop ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, runlog: RunLog, meter: ThroughputMeter) -> dict:
@@ -109,7 +129,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, self.run_dir / "config.yaml")
         meter, t0, report = ThroughputMeter(), time.perf_counter(), None
-        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        # SIGTERM (schedulers) and SIGINT (Ctrl-C): finish the step, save last.pt, exit cleanly.
+        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with RunLog(self.run_dir, enabled=self.rank == 0, cfg=cfg) as runlog:
                 for done_here, epoch in enumerate(range(self.start_epoch, cfg.train.epochs)):
@@ -137,7 +158,8 @@ class Trainer:
             log.warning("stopped by signal; resume with --resume")
             raise SystemExit(143) from None
         finally:
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         return StageResult(self.model, summary)
 
     # --- pieces of the loop --------------------------------------------------------------------
@@ -173,6 +195,19 @@ class Trainer:
                 "device": str(self.run.device), "amp": str(self.run.amp), "versions": versions(),
                 "switches": to_dict(cfg.method)}
 
+    def _claim_run_dir(self, overwrite: bool) -> None:
+        """A fresh run must not append to, or overwrite, another run's artefacts."""
+        held = [n for n in RUN_FILES if (self.run_dir / n).exists()]
+        if not held:
+            return
+        if not overwrite:
+            raise RunDirectoryInUse(f"{self.run_dir} already holds a run ({', '.join(held)}): continue it with "
+                                    "--resume, or start again with --overwrite (deletes those files)")
+        for name in held:
+            path = self.run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.warning("--overwrite: removed %s from %s", ", ".join(held), self.run_dir)
+
     def _on_signal(self, signum, frame) -> None:
         log.warning("signal %d received: finishing this step, then saving last.pt", signum)
         self._stop_requested = True
@@ -207,13 +242,24 @@ class Trainer:
         set_rng_state(state["rng"])
         self.start_epoch = state["epoch"]
         self.best, self.history = state["best"], state["history"]
+        # metrics.jsonl holds each finished epoch once: the checkpoint's history, not what a killed
+        # invocation appended after its last checkpoint.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        tmp.replace(self.run_dir / "metrics.jsonl")
         log.info("resumed from %s at epoch %d (step %d)", path, self.start_epoch, state["loader"].get("position", 0))
 
 
-def run_training(cfg: RunConfig, resume: bool = False) -> dict:
-    """Run every stage of `cfg`; returns the last stage's summary (with `stages` for all)."""
+def run_training(cfg: RunConfig, resume: bool | str | Path = False, overwrite: bool = False) -> dict:
+    """Run every stage of `cfg`; returns the last stage's summary (with `stages` for all).
+
+    `resume=True` continues the first stage's last.pt and then every later stage from its own;
+    `resume=PATH` continues the first stage from that checkpoint."""
     root = Path(cfg.out_dir) / cfg.name
-    result = Trainer(cfg, root, resume=resume).fit()
+    if resume is True and not (root / "last.pt").is_file():
+        raise FileNotFoundError(f"--resume: nothing to resume in {root} (no last.pt); start without --resume")
+    result = Trainer(cfg, root, resume=resume, overwrite=overwrite).fit()
     summaries = [result.summary]
     for i, stage in enumerate(cfg.stages):
         if "stopped_at_epoch" in result.summary:
@@ -221,7 +267,9 @@ def run_training(cfg: RunConfig, resume: bool = False) -> dict:
         scfg = stage_config(cfg, i)
         if "init_from" not in stage.overrides.get("model", {}):
             scfg.model.init_from = None  # the stage starts from the previous stage's model
-        result = Trainer(scfg, root / stage.name, previous_model=result.model, resume=resume).fit()
+        stage_resume = bool(resume) and (root / stage.name / "last.pt").is_file()  # else the stage starts
+        result = Trainer(scfg, root / stage.name, previous_model=result.model, resume=stage_resume,
+                         overwrite=overwrite).fit()
         summaries.append(result.summary)
     out = dict(summaries[-1])
     out["stages"] = summaries

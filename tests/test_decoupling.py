@@ -91,12 +91,12 @@ def test_focal_loss_hand_values_and_code_form():
 
 
 def test_cb_and_focal_configs_load():
-    cb = load_config(ROOT / "configs" / "baselines" / "cb_ce_cifar10_lt_r100.yaml")
+    cb = load_config(ROOT / "configs" / "baselines" / "ce_cb_cifar10_lt_r100.yaml")
     assert (cb.method.name, cb.method.reweight, cb.method.cb_beta) == ("ce", "cb", 0.9999)
-    focal = load_config(ROOT / "configs" / "baselines" / "focal_cifar100_lt_r100.yaml")
+    focal = load_config(ROOT / "configs" / "baselines" / "ce_focal_cifar100_lt_r100.yaml")
     assert focal.method.focal_gamma == 1.0 and focal.data.dataset == "cifar100_lt"
     with pytest.raises(ConfigError, match="method.reweight"):
-        load_config(ROOT / "configs" / "baselines" / "cb_ce_cifar10_lt_r100.yaml", ["method.reweight=drw"])
+        load_config(ROOT / "configs" / "baselines" / "ce_cb_cifar10_lt_r100.yaml", ["method.reweight=drw"])
 
 
 # --- cRT and LWS -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from fasttrain.data import LTDataset, build_datasets
 from fasttrain.environment import amp_dtype, resolve_device, seed_everything
 from fasttrain.loaders import build_loader
 from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
-from fasttrain.models import create_backbone, to_channels_last
+from fasttrain.models import build_backbone, to_channels_last
 from fasttrain.samplers import build_sampler
 from fasttrain.step import Learner
 
@@ -70,13 +70,23 @@ def build_augmenter(cfg: RunConfig, train_set: LTDataset, amp: torch.dtype | Non
     return Augmenter(mean=mean, std=std, dtype=amp or torch.float32, impl=aug.mix_impl)
 
 
-def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous: nn.Module | None) -> nn.Module:
-    backbone = create_backbone(cfg.model.arch) if previous is None else None
+def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous: nn.Module | None,
+                 training: bool) -> nn.Module:
+    # Pretrained backbone weights start a fresh training run only: a run from model.init_from, a
+    # later stage (previous model) and evaluation (the checkpoint's weights are loaded next) would
+    # overwrite them, and must not need the weights file. Freezing applies to a fresh backbone.
+    fresh = training and not cfg.model.init_from
+    # A fresh backbone for a new model; also for a stage that trains a new model next to the
+    # previous one (SSD's distillation student), as `method.needs_backbone` says.
+    backbone = build_backbone(cfg.model, load_pretrained=fresh) if method.needs_backbone(previous) else None
     model = method.build_model(backbone, previous)
     if cfg.model.init_from:
         state = load_checkpoint(cfg.model.init_from)
         try:
-            model.load_state_dict(state["model"])
+            # The hook where a method maps the checkpoint onto its model: by default exactly the
+            # model's weights; a later stage drops what its hand-off leaves behind, SSD's
+            # distillation loads the checkpoint into its teacher (Method.load_init_state).
+            method.load_init_state(model, state["model"])
         except RuntimeError as exc:
             raise RuntimeError(f"model.init_from={cfg.model.init_from}: weights do not fit the model "
                                f"({str(exc).splitlines()[0]})") from None
@@ -102,7 +112,8 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     ld = cfg.loader
     ctx = MethodContext(num_classes=train_set.num_classes, train_counts=counts.to(device), augmenter=augmenter,
                         device=device, loss_impl=cfg.train.loss_impl, seed=cfg.seed,
-                        default_stream=StreamSpec(ld.sampler, ld.sampler_q, ld.class_aware_k))
+                        default_stream=StreamSpec(ld.sampler, ld.sampler_q, ld.class_aware_k),
+                        stream_batch_size=ld.batch_size * world_size if training else None)
     method = METHODS[cfg.method.name](cfg.method, ctx)
 
     def loader(dataset, samplers, batch_size, num_views, train):
@@ -117,7 +128,7 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
                     for i, s in enumerate(method.streams())]
         train_loader = loader(train_set, samplers, ld.batch_size * len(samplers), method.num_views, True)
     eval_loader = loader(eval_set, None, ld.eval_batch_size, 1, False)
-    model = _build_model(cfg, method, device, previous_model)
+    model = _build_model(cfg, method, device, previous_model, training)
     run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader)
     if training:
         forward = torch.compile(model) if cfg.train.compile else model

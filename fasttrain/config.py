@@ -106,6 +106,7 @@ class LoaderConfig:
     ffcv_os_cache: bool = True  # ffcv: read through the OS page cache (false: FFCV's process cache)
     ffcv_quasi_random: bool = False  # ffcv: page-local reordering of each stream (same samples per epoch)
     ffcv_batches_ahead: int = 3  # ffcv: batches decoded ahead
+    ffcv_fast_dct: bool = False  # ffcv: fast integer IDCT (FFCV's choice; ~0.8 levels darker) vs accurate
 
 
 @dataclass
@@ -493,7 +494,8 @@ def _base_of(previous: dict, name: str) -> dict:
     (`base_method` / `base_config`), so its checkpoint can be rebuilt and evaluated on its own."""
     if name not in METHODS or not METHODS[name].continues_stage or previous.get("name") not in METHODS:
         return {}
-    if METHODS[previous["name"]].continues_stage:
+    prev = METHODS[previous["name"]]
+    if prev.continues_stage and not prev.trains_new_model:  # a distillation stage's own model is a base
         return {"base_method": previous["base_method"], "base_config": previous["base_config"]}
     return {"base_method": previous["name"], "base_config": {k: v for k, v in previous.items() if k != "name"}}
 

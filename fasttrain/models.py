@@ -1,101 +1,229 @@
-"""Backbones (feature extractors that know nothing about training) and a plain classifier.
+"""The backbone registry and factory, and the plain classifier.
 
-- resnet32 / resnet32_w4: CIFAR ResNet-32 (3 stages x 5 BasicBlocks, option-A shortcuts),
-  widths 16/32/64 (standard, ≈0.46 M params) or 64/128/256 (GLMC's 4x wide, ≈7.4 M).
-- resnet50 / resnext50_32x4d: torchvision layouts (Kaiming fan-out init), 2048-d feature.
-Every backbone maps (B, 3, H, W) -> (B, feature_dim) pooled features. Models are built in
-channels_last memory format by `to_channels_last` (the trainer calls it).
+`BACKBONES` is the one list of `model.arch` names and name families:
+
+- `resnet32` / `resnet32_w4`: the CIFAR ResNet-32 (16/32/64) and GLMC's 4x wide one
+  (64/128/256), fasttrain.backbones.cifar;
+- `resnet10`: the ImageNet-LT ResNet-10 of OLTR / the decoupling paper (torchvision's ResNet
+  class, one BasicBlock per stage, 512-d);
+- `resnet50` / `resnext50_32x4d`: aliases of `torchvision/resnet50` / `torchvision/resnext50_32x4d`
+  (the same construction as before, so their random init and checkpoint keys are unchanged);
+- `timm/<name>`: every timm model (`timm.list_models()`), optionally `<name>.<pretrained tag>`;
+- `torchvision/<name>`: every torchvision classification model whose classifier ends in a Linear.
+
+Every backbone maps (B, 3, H, W) -> (B, feature_dim) pooled features (fasttrain.backbones.base).
+`build_backbone(model_cfg, ...)` applies `model.pretrained`, `model.drop_modules`,
+`model.extra_block` and `model.freeze` on top of `create_backbone`. Library imports happen only
+for library names (and the aliases of them).
 """
 from __future__ import annotations
 
-from typing import Callable
+import difflib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from fasttrain.backbones import timm_family, torchvision_family
+from fasttrain.backbones.base import Backbone
+from fasttrain.backbones.blocks import EXTRA_BLOCKS, add_extra_block, drop_modules
+from fasttrain.backbones.cifar import CifarResNet  # noqa: F401  (GLMC's head_init reads the type)
+from fasttrain.backbones.freeze import FREEZE_BN_MODES, TRUNK, freeze
+from fasttrain.backbones.weights import WeightsError, load_weights_file
+from fasttrain.schema import ConfigError, suggest
+
+log = logging.getLogger("fasttrain")
+
+NAME = "<name>"  # the placeholder of a family key: "timm/<name>"
+LIBRARY = "library"  # model.pretrained: library | library:<tag>
 
 
-class _OptionAShortcut(nn.Module):
-    """Parameter-free shortcut: subsample by 2 and zero-pad channels (planes/4 on each side)."""
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One registry entry: a single model, an alias of another arch, or a family of names.
 
-    def __init__(self, planes: int):
-        super().__init__()
-        self.pad = planes // 4
+    build(name, kwargs, weights, library_weights) -> Backbone; `name` is the part after
+    `family/` (empty for single models); `weights` the library tag of `model.pretrained`."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-
-
-class _BasicBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            self.shortcut = _OptionAShortcut(planes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+    description: str
+    build: Callable[..., Backbone] | None = None
+    alias_of: str | None = None
+    names: Callable[[], list[str]] | None = None  # a family: every name it accepts (imports the library)
+    library_weights: bool = False  # can `model.pretrained: library` give weights?
 
 
-class CifarResNet(nn.Module):
-    """ResNet-6n+2 for 32x32 inputs; n=5 gives ResNet-32."""
-
-    def __init__(self, widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 5):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        layers, in_planes = [], widths[0]
-        for i, w in enumerate(widths):
-            for j in range(blocks):
-                layers.append(_BasicBlock(in_planes, w, 2 if (j == 0 and i > 0) else 1))
-                in_planes = w
-        self.layers = nn.Sequential(*layers)
-        self.feature_dim = widths[-1]
-        for m in self.modules():  # Kaiming-normal fan-in (the official CIFAR codes' init)
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = self.layers(x)
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+def _single(factory: Callable[[dict], Backbone]) -> Callable[..., Backbone]:
+    return lambda name, kwargs, weights=None, library_weights=False: factory(kwargs)
 
 
-class _TorchvisionTrunk(nn.Module):
-    """A torchvision ResNet/ResNeXt without its fc: returns the pooled 2048-d feature."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        import torchvision
-
-        net = getattr(torchvision.models, name)(weights=None)
-        self.feature_dim = net.fc.in_features
-        net.fc = nn.Identity()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-BACKBONES: dict[str, Callable[[], nn.Module]] = {
-    "resnet32": lambda: CifarResNet((16, 32, 64)),
-    "resnet32_w4": lambda: CifarResNet((64, 128, 256)),
-    "resnet50": lambda: _TorchvisionTrunk("resnet50"),
-    "resnext50_32x4d": lambda: _TorchvisionTrunk("resnext50_32x4d"),
+BACKBONES: dict[str, BackboneEntry] = {
+    "resnet32": BackboneEntry("CIFAR ResNet-32, widths 16/32/64, 64-d",
+                              _single(lambda kw: CifarResNet((16, 32, 64), **kw))),
+    "resnet32_w4": BackboneEntry("CIFAR ResNet-32 4x wide (GLMC), widths 64/128/256, 256-d",
+                                 _single(lambda kw: CifarResNet((64, 128, 256), **kw))),
+    "resnet10": BackboneEntry("ResNet-10 of OLTR / decoupling (BasicBlock x [1,1,1,1]), 512-d",
+                              _single(torchvision_family.build_resnet10)),
+    "resnet50": BackboneEntry("alias of torchvision/resnet50", alias_of="torchvision/resnet50"),
+    "resnext50_32x4d": BackboneEntry("alias of torchvision/resnext50_32x4d", alias_of="torchvision/resnext50_32x4d"),
+    f"timm/{NAME}": BackboneEntry("every timm model: timm/<name> or timm/<name>.<pretrained tag>",
+                                  timm_family.build, names=timm_family.names, library_weights=True),
+    f"torchvision/{NAME}": BackboneEntry("torchvision classification models (Linear classifier)",
+                                         torchvision_family.build, names=torchvision_family.names,
+                                         library_weights=True),
 }
 
 
-def create_backbone(arch: str) -> nn.Module:
-    """Build a backbone by name; it has a `feature_dim` attribute."""
-    if arch not in BACKBONES:
-        raise ValueError(f"model.arch: unknown architecture {arch!r}; choose from {sorted(BACKBONES)}")
-    return BACKBONES[arch]()
+# --------------------------------------------------------------------------------------------
+# Names
+# --------------------------------------------------------------------------------------------
+
+
+def _closest(word: str, candidates: list[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+
+
+def _family_key(arch: str) -> tuple[str, str]:
+    family, sep, name = arch.partition("/")
+    return (f"{family}/{NAME}", name) if sep else (arch, "")
+
+
+def resolve_arch(arch: str) -> tuple[str, BackboneEntry, str]:
+    """(canonical arch, entry, name within the family) for `arch`, aliases followed. An unknown
+    name is a ConfigError naming model.arch and the closest names."""
+    key, name = _family_key(arch)
+    entry = BACKBONES.get(key)
+    if entry is None:
+        raise ConfigError(f"model.arch: unknown architecture {arch!r}{_unknown_hint(arch, key)}")
+    if entry.alias_of is not None:
+        return resolve_arch(entry.alias_of)
+    if entry.names is not None:
+        base = name.partition(".")[0]
+        known = entry.names()
+        if base not in known:
+            close = [key.replace(NAME, n) for n in _closest(base, known)]
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise ConfigError(f"model.arch: {key.split('/')[0]} has no model {base!r}{hint}")
+        if name != base:  # a pretrained tag in the name (timm/<name>.<tag>)
+            _check_timm_tag(key, name)
+    return arch, entry, name
+
+
+def _check_timm_tag(key: str, name: str) -> None:
+    if not key.startswith("timm/"):
+        raise ConfigError(f"model.arch: {key.split('/')[0]} model names have no '.<tag>' part, got {name!r}; "
+                          "choose weights with model.pretrained: library:<tag>")
+    tagged = timm_family.pretrained_names(name.partition(".")[0])
+    if name not in tagged:
+        raise ConfigError(f"model.arch: timm has no pretrained tag {name!r}; tags: {', '.join(tagged) or 'none'}")
+
+
+def _unknown_hint(arch: str, key: str) -> str:
+    singles = [k for k, e in BACKBONES.items() if NAME not in k]
+    families = [k for k in BACKBONES if NAME in k]
+    if "/" in arch:
+        return f"; families: {', '.join(families)}"
+    # A library model written without its family prefix (`resnet152`): name the prefixed forms.
+    found = []
+    for fam in families:
+        try:
+            if arch in BACKBONES[fam].names():
+                found.append(fam.replace(NAME, arch))
+        except ConfigError:  # the family's library is not installed
+            continue
+    close = found + _closest(arch, singles)
+    shown = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return f"{shown} (names: {', '.join(singles)}; families: {', '.join(families)})"
+
+
+def parse_pretrained(value: str | None) -> tuple[str | None, str | None]:
+    """model.pretrained -> (None, None) | ("library", tag or None) | ("file", path)."""
+    if value is None or value == "":
+        return None, None
+    head, sep, tag = value.partition(":")
+    if head == LIBRARY:
+        if sep and not tag:
+            raise ConfigError("model.pretrained: `library:` needs a tag, e.g. library:IMAGENET1K_V1")
+        return LIBRARY, tag or None
+    return "file", value
+
+
+def check_model_config(m: Any) -> None:
+    """Check the model section (a fasttrain.config.ModelConfig) at config load: the arch name,
+    the pretrained source's form, the freeze/extra-block choices. Weight files and module names
+    are checked when the model is built (they need the files / the built trunk)."""
+    arch, entry, name = resolve_arch(m.arch)
+    kind, tag = parse_pretrained(m.pretrained)
+    if kind == LIBRARY:
+        if not entry.library_weights:
+            raise ConfigError(f"model.pretrained: {m.arch} has no library weights; give a weights file "
+                              "(.pth / .pt / .safetensors) instead")
+        if tag is not None and arch.startswith("torchvision/"):
+            valid = torchvision_family.weight_names(name)
+            if tag not in valid:
+                raise ConfigError(f"model.pretrained: {arch} has no weights {tag!r}; tags: {', '.join(valid)}")
+        if tag is not None and arch.startswith("timm/"):
+            if "." in name:
+                raise ConfigError(f"model.pretrained: the tag is given twice ({m.arch} and library:{tag}); keep one")
+            _check_timm_tag("timm/", f"{name}.{tag}")
+    if m.freeze_bn not in FREEZE_BN_MODES:
+        raise ConfigError(f"model.freeze_bn: expected one of {list(FREEZE_BN_MODES)}, got {m.freeze_bn!r}"
+                          f"{suggest(str(m.freeze_bn), list(FREEZE_BN_MODES))}")
+    if m.extra_block is not None and m.extra_block not in EXTRA_BLOCKS:
+        raise ConfigError(f"model.extra_block: expected one of {list(EXTRA_BLOCKS)} or null, got {m.extra_block!r}"
+                          f"{suggest(str(m.extra_block), list(EXTRA_BLOCKS))}")
+    if m.freeze == "":
+        raise ConfigError(f"model.freeze: expected null, `{TRUNK}` or a trunk module name, got ''")
+    if "num_classes" in m.arch_kwargs:
+        raise ConfigError("model.arch_kwargs: num_classes is not a backbone argument (the method's heads "
+                          "take the dataset's class count)")
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+
+
+def create_backbone(arch: str, *, kwargs: dict | None = None, library_weights: bool = False,
+                    weights: str | None = None) -> Backbone:
+    """Build backbone `arch` (random init, or the library's weights `weights` / its default)."""
+    canonical, entry, name = resolve_arch(arch)
+    if library_weights and not entry.library_weights:
+        raise ConfigError(f"model.pretrained: {arch} has no library weights; give a weights file instead")
+    try:
+        backbone = entry.build(name, dict(kwargs or {}), weights, library_weights=library_weights)
+    except TypeError as exc:  # a constructor argument the model does not take
+        if not kwargs:
+            raise
+        raise ConfigError(f"model.arch_kwargs: {canonical} does not accept {kwargs} ({exc})") from None
+    backbone.arch = arch
+    return backbone
+
+
+def build_backbone(m: Any, *, load_pretrained: bool = True) -> Backbone:
+    """The backbone of model section `m` (a ModelConfig), in this order: created (with the
+    library's weights for `model.pretrained: library`), `model.drop_modules` removed, a weights
+    file loaded (`load_pretrained` false skips both kinds of weights: a run that starts from a
+    checkpoint, evaluation), the extra block added (its random init after the trunk's), then
+    `model.freeze` applied."""
+    kind, value = parse_pretrained(m.pretrained)
+    library = load_pretrained and kind == LIBRARY
+    backbone = create_backbone(m.arch, kwargs=m.arch_kwargs, library_weights=library, weights=value if library else None)
+    if library:
+        log.info("model.pretrained: %s with the library's weights (%s)", m.arch, value or "default")
+    if m.drop_modules:
+        drop_modules(backbone, m.drop_modules)
+    if load_pretrained and kind == "file":
+        report = load_weights_file(backbone, value, ignore=m.pretrained_ignore, prefix=m.pretrained_prefix,
+                                   strict=m.pretrained_strict)
+        (log.info if report.ok else log.warning)("model.pretrained: %s", report.describe())
+    if m.extra_block is not None:
+        add_extra_block(backbone, m.extra_block)
+    if m.freeze is not None:
+        log.info("%s", freeze(backbone, m.freeze, m.freeze_bn).describe())
+    return backbone
 
 
 def linear_head(in_dim: int, num_classes: int) -> nn.Linear:
@@ -127,3 +255,8 @@ def count_parameters(model: nn.Module) -> int:
 
 def to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
+
+
+__all__ = ["BACKBONES", "BackboneEntry", "Backbone", "CifarResNet", "Classifier", "WeightsError", "build_backbone",
+           "check_model_config", "count_parameters", "create_backbone", "linear_head", "parse_pretrained",
+           "resolve_arch", "to_channels_last"]

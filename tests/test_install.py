@@ -1,6 +1,7 @@
 """`loaders/` and `kernels/` install as `fasttrain.loaders` / `fasttrain.kernels`, never as
 generic top-level packages — both for the editable install and for a built wheel."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,10 +24,17 @@ def test_editable_install_imports_namespaced_packages(tmp_path):
     assert str(ROOT / "loaders" / "base.py") in proc.stdout
 
 
+def build_wheel(wheel_dir: Path) -> subprocess.CompletedProcess:
+    # setuptools reuses <repo>/build/: files renamed or removed since an earlier build would
+    # still go into the wheel, so start from an empty one (it is git-ignored scratch space).
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    return subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+
+
 def test_built_wheel_imports_namespaced_packages(tmp_path):
     wheel_dir = tmp_path / "wheel"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+    build = build_wheel(wheel_dir)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheel_dir.glob("fasttrain-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -49,8 +57,7 @@ def test_built_wheel_imports_namespaced_packages(tmp_path):
 def test_wheel_ships_the_configs_and_trains_one_step_from_one_by_name(tmp_path):
     """A user who installs the wheel (no checkout) gets the configs and can train from a name."""
     wheel_dir = tmp_path / "wheel"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
+    build = build_wheel(wheel_dir)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheel_dir.glob("fasttrain-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

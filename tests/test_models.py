@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from fasttrain.models import Classifier, count_parameters, create_backbone, to_channels_last
+from fasttrain.schema import ConfigError
 
 
 def test_resnet32_parameter_counts():
@@ -26,6 +27,13 @@ def test_imagenet_backbones(arch, params):
     assert abs(count_parameters(b) - params) / params < 0.01
 
 
+def test_resnet10_is_the_oltr_layout():
+    """OLTR / decoupling ResNet-10: 7x7 stem + one BasicBlock per stage, 512-d, ≈4.9 M parameters."""
+    b = create_backbone("resnet10")
+    assert b.feature_dim == 512 and count_parameters(b) == 4_905_792
+    assert [len(getattr(b.net, f"layer{i}")) for i in range(1, 5)] == [1, 1, 1, 1]
+
+
 def test_unknown_arch():
-    with pytest.raises(ValueError, match="model.arch"):
+    with pytest.raises(ConfigError, match=r"model.arch: unknown architecture 'resnet33'; did you mean 'resnet32'"):
         create_backbone("resnet33")

@@ -4,6 +4,8 @@
     fasttrain data cifar100 --root DIR [--force]
     fasttrain data synthetic --root DIR --classes N [--max-per-class ...]
     fasttrain data verify-list FILE [--expect BLOB_ID]
+    fasttrain data convert-ffcv CONFIG_OR_DATASET [--split train|eval] [--out FILE.beton] [--mode ...]
+    fasttrain data imagenet_lt|inat2018|places_lt --root DIR [--train-list FILE] [--resize N --out DIR]
 
 Only argument parsing and reporting live here; the work is done by fasttrain.data.download
 (CIFAR), fasttrain.data.synthetic and fasttrain.data.lists. The last two are imported by the
@@ -16,7 +18,10 @@ import json
 import sys
 
 from fasttrain.data.download import TARBALL_ENV, DownloadError, ensure_cifar10, ensure_cifar100
+from fasttrain.data.ffcv_convert import add_cli as add_ffcv_cli, run_cli as run_ffcv_cli
 from fasttrain.data.index import DatasetError
+from fasttrain.data.lists import SPECS
+from fasttrain.data.prepare import add_arguments as add_prepare_arguments, run_command as run_prepare
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     vl = sub.add_parser("verify-list", help="git blob id of a list file vs the upstream one")
     vl.add_argument("file")
     vl.add_argument("--expect", help="blob id to compare with (default: by the file's name)")
+    add_ffcv_cli(sub)  # convert-ffcv (fasttrain.data.ffcv_convert)
+    for name in SPECS:  # one per list-file benchmark (fasttrain.data.prepare)
+        add_prepare_arguments(sub.add_parser(name, help=f"check the {name} tree (files, lists, classes), write a "
+                                                        "JSON report; --resize: a resized copy"))
     return ap
 
 
@@ -81,6 +90,10 @@ def main(argv: list[str]) -> int:
             return 0
         if args.what == "synthetic":
             return _synthetic(args)
+        if args.what == "convert-ffcv":
+            return run_ffcv_cli(args)
+        if args.what in SPECS:
+            return run_prepare(args.what, args)
         return _verify_list(args)  # the parser admits no other subcommand
     # Expected failures (network, checksums, bad input, a foreign folder in the way) are one
     # line for the user; anything else is a bug and keeps its traceback.

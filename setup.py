@@ -46,6 +46,9 @@ setup(
         "wandb": ["wandb"],
         "dali": ["nvidia-dali-cuda130"],  # CUDA 13 drivers (and CPU-only machines)
         "dali-cuda12": ["nvidia-dali-cuda120"],
+        # FFCV builds a C extension: needs pkg-config, libopencv-dev and libturbojpeg0-dev (apt)
+        # (tested: numba 0.68.1, whose type table the ffcv backend works around, see loaders/ffcv_pipeline.py)
+        "ffcv": ["ffcv==1.0.2", "numba==0.68.1"],
     },
     entry_points={"console_scripts": ["fasttrain = fasttrain.cli:main"]},
 )

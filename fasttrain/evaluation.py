@@ -14,31 +14,47 @@ from fasttrain.data.index import GROUP_NAMES, shot_groups
 
 
 @torch.no_grad()
-def collect_predictions(method, model, loader, augmenter) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_predictions(method, model, loader, augmenter, head_preds: dict | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader.
 
     Views go through the run's augmenter (the same uint8 → input-dtype path as training); a
-    bf16 run evaluates under bf16 autocast."""
+    bf16 run evaluates under bf16 autocast. For a method with several heads (`head_logits`),
+    `head_preds` (a dict) receives each head's predicted classes (N,) from the same forward."""
     model.eval()
-    probs, labels = [], []
+    probs, labels, heads = [], [], {}
     device_type = next(model.parameters()).device.type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=augmenter.dtype == torch.bfloat16)
     for batch in loader:
         x = augmenter.views(batch)[0]
         with autocast:
-            logits = method.predict(model, x)
+            logits, per_head = method.head_logits(model, x)
         probs.append(torch.softmax(logits.float(), dim=1))
         labels.append(batch.labels)
+        for name, z in per_head.items():
+            heads.setdefault(name, []).append(z.argmax(dim=1))
+    if head_preds is not None:
+        head_preds.update({name: torch.cat(p).cpu() for name, p in heads.items()})
     return torch.cat(probs).cpu(), torch.cat(labels).cpu()
 
 
 def evaluate(run, confusion: Path | None = None) -> dict:
     """The accuracy report of `run.model` (a fasttrain.build.Run) on its eval loader; with
     `confusion`, also the confusion-matrix PNG there."""
-    probs, labels = collect_predictions(run.method, run.model, run.eval_loader, run.augmenter)
+    heads: dict = {}
+    probs, labels = collect_predictions(run.method, run.model, run.eval_loader, run.augmenter, heads)
     if confusion is not None:
         plot_confusion(probs, labels, run.train_set.train_counts, confusion)
-    return accuracy_report(probs, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
+    report = accuracy_report(probs, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
+    if heads:  # methods with several heads (SSD stage III: hard, soft, sum): each head's accuracy
+        report["heads"] = {name: group_accuracy(pred, labels, run.train_set.train_counts,
+                                                run.cfg.data.few_shot_rule)[0] for name, pred in heads.items()}
+    return report
+
+
+def head_scalars(report: dict) -> dict:
+    """`top1_<head>` of every head in `report` (none for one-head methods): per-epoch metrics."""
+    return {f"top1_{name}": r["top1"] for name, r in report.get("heads", {}).items()}
 
 
 def tau_norm_section(stored: dict, tau: float, head: str) -> dict:
@@ -101,10 +117,10 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
     return ece
 
 
-def accuracy_report(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray,
-                    few_shot_rule: str = "<20") -> dict:
+def group_accuracy(pred: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray,
+                   few_shot_rule: str = "<20") -> tuple[dict, np.ndarray]:
+    """({top1, many, many_classes, medium, …}, per-class accuracy) of predicted classes `pred`."""
     num_classes = len(train_counts)
-    pred = probs.argmax(dim=1)
     correct = (pred == labels).long()
     per_class_total = torch.bincount(labels, minlength=num_classes).double()
     per_class_correct = torch.bincount(labels, weights=correct.double(), minlength=num_classes)
@@ -116,6 +132,12 @@ def accuracy_report(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.
         sel = (groups == g) & present
         report[name] = 100.0 * float(per_class[sel].mean()) if sel.any() else None
         report[f"{name}_classes"] = int(sel.sum())
+    return report, per_class
+
+
+def accuracy_report(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray,
+                    few_shot_rule: str = "<20") -> dict:
+    report, per_class = group_accuracy(probs.argmax(dim=1), labels, train_counts, few_shot_rule)
     report["ece"] = 100.0 * expected_calibration_error(probs, labels)
     report["per_class"] = [round(100.0 * float(a), 4) for a in per_class]
     report["few_shot_rule"] = few_shot_rule

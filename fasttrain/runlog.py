@@ -135,7 +135,7 @@ class RunLog:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self._writer is not None:
-            for k in EVAL_KEYS:
+            for k in EVAL_KEYS + tuple(k for k in record if k.startswith("top1_")):  # + per-head top-1
                 if record.get(k) is not None:
                     self._writer.add_scalar(f"eval/{k}", record[k], record["epoch"])
         if self._wandb is not None:

@@ -23,7 +23,7 @@ from fasttrain.checkpoint import load_checkpoint, save_checkpoint
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
 from fasttrain.schema import ConfigError
 from fasttrain.environment import memory_peaks, rng_state, set_rng_state, versions
-from fasttrain.evaluation import class_names, evaluate
+from fasttrain.evaluation import class_names, evaluate, head_scalars
 from fasttrain.meter import MeanLogs, ThroughputMeter
 from fasttrain.methods import Progress
 from fasttrain.runlog import EVAL_KEYS, RunLog
@@ -141,6 +141,7 @@ class Trainer:
                     if _due(cfg.train.eval_every, epoch, cfg.train.epochs):
                         report = evaluate(self.run)
                         record.update({k: report[k] for k in EVAL_KEYS})
+                        record.update(head_scalars(report))  # top1_<head> of several-head methods (SSD III)
                         self._keep_best(report, epoch)
                     record["wall_s"] = time.perf_counter() - t0  # since this invocation started
                     self.history.append(record)

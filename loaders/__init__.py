@@ -16,6 +16,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("fasttrain.loaders.torch_backend", "TorchLoader"),
     "tensor": ("fasttrain.loaders.tensor", "TensorLoader"),
     "dali": ("fasttrain.loaders.dali", "DaliLoader"),
+    "ffcv": ("fasttrain.loaders.ffcv", "FfcvLoader"),
 }
 
 

@@ -8,6 +8,7 @@ inside a step beyond the copy.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import torch
@@ -72,3 +73,15 @@ def steps_per_epoch(num_indices: int, batch_size: int, drop_last: bool) -> int:
 def batch_slices(order_len: int, batch_size: int, drop_last: bool) -> list[slice]:
     n = steps_per_epoch(order_len, batch_size, drop_last)
     return [slice(i * batch_size, min((i + 1) * batch_size, order_len)) for i in range(n)]
+
+
+def view_augments(augment, num_views: int, train: bool) -> list:
+    """Each view's augmentation config: `augment` with that view's `augment.views` overrides
+    (validated by the config). No overrides, or evaluation: every view uses `augment` itself, so
+    such runs build exactly what they built before per-view augmentation existed."""
+    overrides = getattr(augment, "views", None) or []
+    if not train or not overrides:
+        return [augment] * num_views
+    if len(overrides) != num_views:
+        raise ValueError(f"augment.views has {len(overrides)} entries for a loader of {num_views} views")
+    return [dataclasses.replace(augment, views=[], **over) for over in overrides]

@@ -93,12 +93,13 @@ class ViewParams:
     contrast: np.ndarray | None = None
     saturation: np.ndarray | None = None  # 0 where grayscale was drawn
     sigma: np.ndarray | None = None
+    hue: np.ndarray | None = None  # degrees (DALI colour twist); 0 where the jitter was not applied
 
     def take(self, keep: np.ndarray) -> "ViewParams":
         """The parameters of the rows `keep` (rows of unreadable files are dropped after drawing)."""
         return ViewParams(*(None if v is None else v[keep] for v in
                             (self.anchor, self.shape, self.flip, self.brightness, self.contrast,
-                             self.saturation, self.sigma)))
+                             self.saturation, self.sigma, self.hue)))
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class ViewDraw:
     jitter_p: float
     gray_p: float
     blur_p: float
+    hue: float = 0.0  # torchvision hue factor h: shift ~ U[-h, h] of the colour circle
 
     @classmethod
     def from_config(cls, augment, train: bool) -> "ViewDraw":
@@ -130,16 +132,19 @@ class ViewDraw:
                    jitter=augment.color_jitter if random_crop else 0.0,
                    jitter_p=augment.color_jitter_p,
                    gray_p=augment.grayscale_p if random_crop else 0.0,
-                   blur_p=augment.blur_p if random_crop else 0.0)
+                   blur_p=augment.blur_p if random_crop else 0.0,
+                   hue=getattr(augment, "color_jitter_hue", 0.0) if random_crop else 0.0)
 
     @property
     def fields(self) -> list[str]:
         """The ViewParams fields that are drawn (and fed to the pipeline), in feeding order."""
         fields = ["anchor", "shape"] + (["flip"] if self.flip else [])
-        if self.jitter > 0 or self.gray_p > 0:  # grayscale is colour twist with saturation 0
+        if self.jitter > 0 or self.gray_p > 0 or self.hue > 0:  # grayscale is colour twist with saturation 0
             fields += ["brightness", "contrast", "saturation"]
         if self.blur_p > 0:
             fields.append("sigma")
+        if self.hue > 0:
+            fields.append("hue")
         return fields
 
     def draw(self, rng: np.random.Generator, h: np.ndarray, w: np.ndarray) -> ViewParams:
@@ -153,9 +158,10 @@ class ViewDraw:
         flip = (rng.random(n) < 0.5).astype(np.int32) if self.flip else np.zeros(n, np.int32)
         vp = ViewParams(anchor, shape, flip)
         fields = self.fields
+        on = np.zeros(n, bool)
         if "brightness" in fields:
             j = self.jitter
-            on = rng.random(n) < self.jitter_p if j > 0 else np.zeros(n, bool)
+            on = rng.random(n) < self.jitter_p if (j > 0 or self.hue > 0) else on
             lo = max(0.0, 1.0 - j)
             factors = rng.uniform(lo, 1.0 + j, (3, n))
             b, c, s = (np.where(on, f, 1.0) for f in factors)
@@ -165,4 +171,7 @@ class ViewDraw:
         if "sigma" in fields:
             blur = rng.random(n) < self.blur_p
             vp.sigma = np.where(blur, rng.uniform(0.1, 2.0, n), NO_BLUR_SIGMA).astype(np.float32)
+        if "hue" in fields:  # drawn last: runs without hue keep every earlier draw unchanged
+            shift = rng.uniform(-self.hue, self.hue, n)
+            vp.hue = (np.where(on, shift, 0.0) * 360.0).astype(np.float32)
         return vp

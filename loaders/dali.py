@@ -38,7 +38,7 @@ import torch
 
 from fasttrain.batch import Batch
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch
+from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch, view_augments
 from fasttrain.loaders.crop_params import ViewDraw, ViewParams, step_generator
 from fasttrain.loaders.image_header import CorruptImage, image_size
 
@@ -93,9 +93,9 @@ class _Step:
 class _EpochSource:
     """The external_source callback: hands DALI the prepared steps of one epoch, in order."""
 
-    def __init__(self, num_views: int, fields: list[str]):
+    def __init__(self, num_views: int, fields: list[list[str]]):
         self.num_views = num_views
-        self.fields = fields
+        self.fields = fields  # per view: the ViewParams fields fed for it, in order
         # Returns the next prepared step, None at the end of the epoch, or an exception to raise.
         self.next_item = lambda: None
         self.in_flight: deque[_Step] = deque()
@@ -108,8 +108,8 @@ class _EpochSource:
             raise item
         self.in_flight.append(item)
         out = [item.jpegs]
-        for vp in item.views:
-            for name in self.fields:
+        for vp, names in zip(item.views, self.fields):
+            for name in names:
                 arr = getattr(vp, name)
                 out.append(list(arr))  # one array per sample
         return tuple(out)
@@ -139,10 +139,11 @@ class DaliLoader(LoaderBackend):
         self.augment = augment
         self.train = train
         self.seed = seed
-        self.draw = ViewDraw.from_config(augment, train)  # what each view draws per sample
+        # What each view draws per sample (augment.views: its own keys; else one draw shared).
+        self.draws = [ViewDraw.from_config(a, train) for a in view_augments(augment, num_views, train)]
+        self.draw = self.draws[0]
         self.random_crop = self.draw.random_crop
-        self.flip = self.draw.flip
-        self.crop = self.draw.crop
+        self.crop = self.draw.crop  # crop_size is shared by every view (not a per-view key)
         self.drop_last = bool(loader.drop_last) if train else False
         self.threads = int(loader.dali_threads)
         self.prefetch = max(1, int(loader.dali_prefetch))
@@ -158,7 +159,7 @@ class DaliLoader(LoaderBackend):
         self._bad: set[int] = set()  # dataset indices known to be unreadable
         self._orders: list[torch.Tensor] = []
         self._pipe = None
-        self._fields = self.draw.fields
+        self._fields = [d.fields for d in self.draws]
         self._source = _EpochSource(num_views, self._fields)
         self.set_epoch(0)
 
@@ -178,16 +179,16 @@ class DaliLoader(LoaderBackend):
         # nvJPEG buffers sized for ImageNet-class JPEGs up front (MLPerf-style values), so the
         # first epochs do not reallocate; CPU decoding takes no such hints.
         dec_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512) if self._cuda else {}
-        n_in = 1 + len(self._fields) * self.num_views
+        n_in = 1 + sum(len(f) for f in self._fields)
         crop = [self.crop, self.crop]
         with pipe:
             ins = fn.external_source(source=self._source, num_outputs=n_in, batch=True)
             jpegs, rest = ins[0], ins[1:]
-            k = len(self._fields)
+            offsets = np.cumsum([0] + [len(f) for f in self._fields])
             decoded = None
             outs = []
             for v in range(self.num_views):
-                p = dict(zip(self._fields, rest[v * k:(v + 1) * k]))
+                p = dict(zip(self._fields[v], rest[offsets[v]:offsets[v + 1]]))
                 if self.roi_decode:
                     # Decoder crops: only the RRC window is decoded (one view only).
                     img = fn.decoders.image_slice(jpegs, p["anchor"], p["shape"], device=dec_dev,
@@ -202,16 +203,17 @@ class DaliLoader(LoaderBackend):
                                     roi_relative=False, antialias=self.antialias,
                                     interp_type=types.INTERP_LINEAR)
                 if "brightness" in p:
+                    hue = {"hue": p["hue"]} if "hue" in p else {}  # degrees
                     img = fn.color_twist(img, brightness=p["brightness"], contrast=p["contrast"],
-                                         saturation=p["saturation"], device=op_dev)
+                                         saturation=p["saturation"], device=op_dev, **hue)
                 if "sigma" in p:
                     img = fn.gaussian_blur(img, sigma=p["sigma"], window_size=_BLUR_WINDOW, device=op_dev)
                 if self.normalize:
-                    img = fn.crop_mirror_normalize(img, mirror=p["flip"] if self.flip else 0, dtype=types.FLOAT,
+                    img = fn.crop_mirror_normalize(img, mirror=p.get("flip", 0), dtype=types.FLOAT,
                                                    output_layout="HWC",
                                                    mean=[255.0 * m for m in self.mean],
                                                    std=[255.0 * s for s in self.std], device=op_dev)
-                elif self.flip:
+                elif "flip" in p:
                     img = fn.flip(img, horizontal=p["flip"], device=op_dev)
                 outs.append(img)
             pipe.set_outputs(*outs)
@@ -288,7 +290,7 @@ class DaliLoader(LoaderBackend):
         ok = np.array([d is not None for d in datas])
         h[~ok], w[~ok] = 1, 1
         rng = step_generator(self.seed, self.epoch, step)
-        views = [self.draw.draw(rng, h, w) for _ in range(self.num_views)]
+        views = [d.draw(rng, h, w) for d in self.draws]
         if not ok.all():
             keep = np.nonzero(ok)[0]
             views = [vp.take(keep) for vp in views]

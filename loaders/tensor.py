@@ -20,9 +20,11 @@ import torch
 
 from fasttrain.batch import Batch, Geometry, random_geometry
 
-from .base import LoaderBackend, steps_per_epoch
+from .base import LoaderBackend, steps_per_epoch, view_augments
 
 SUPPORTED_AUGMENT = ("cifar", "none")
+# What a view of this backend can change (augment.views): the deferred crop/flip is all it draws.
+PER_VIEW_KEYS = ("crop_padding", "flip")
 
 
 def _geometry_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -60,6 +62,13 @@ class TensorLoader(LoaderBackend):
         self.drop_last = bool(loader.drop_last) if train else False
         self.padding = int(augment.crop_padding)
         self.flip = bool(augment.flip)
+        for i, over in enumerate((getattr(augment, "views", None) or []) if train else []):
+            other = sorted(set(over) - set(PER_VIEW_KEYS))
+            if other:
+                raise ValueError(f"augment.views[{i}]: loader.backend=tensor draws only crop/flip per view "
+                                 f"({', '.join(PER_VIEW_KEYS)}); {', '.join(other)} need loader.backend=torch or dali")
+        # Per view: (padding, flip) of its deferred geometry.
+        self.view_geometry = [(int(a.crop_padding), bool(a.flip)) for a in view_augments(augment, num_views, train)]
         self.defer_geometry = train and augment.train == "cifar"
         # One copy of the data on the device, physically NHWC.
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
@@ -93,8 +102,8 @@ class TensorLoader(LoaderBackend):
         self.geometry: list[Geometry] = []
         if self.defer_geometry:
             g = _geometry_generator(self.seed, epoch, self.device)
-            self.geometry = [random_geometry(len(self.rows), self.padding, self.flip, g, self.device)
-                             for _ in range(self.num_views)]
+            self.geometry = [random_geometry(len(self.rows), padding, flip, g, self.device)
+                             for padding, flip in self.view_geometry]
 
     # --- iteration -----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from fasttrain.batch import Batch
 from fasttrain.compat import quiet_tvio_deprecation
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch
+from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch, view_augments
 
 
 def build_transform(augment, train: bool, is_file_dataset: bool):
@@ -34,9 +34,9 @@ def build_transform(augment, train: bool, is_file_dataset: bool):
     elif augment.train == "imagenet":
         ops.append(v2.RandomResizedCrop(augment.crop_size, scale=tuple(augment.rrc_scale),
                                         ratio=tuple(augment.rrc_ratio), antialias=True))
-        if augment.color_jitter > 0:
+        if augment.color_jitter > 0 or augment.color_jitter_hue > 0:
             s = augment.color_jitter
-            ops.append(v2.RandomApply([v2.ColorJitter(s, s, s, 0.0)], p=augment.color_jitter_p))
+            ops.append(v2.RandomApply([v2.ColorJitter(s, s, s, augment.color_jitter_hue)], p=augment.color_jitter_p))
         if augment.grayscale_p > 0:
             ops.append(v2.RandomGrayscale(p=augment.grayscale_p))
         if augment.blur_p > 0:
@@ -63,12 +63,13 @@ class _PadCrop(torch.nn.Module):
 
 
 class _ViewsDataset(Dataset):
-    """Item (slot, index) -> (uint8 views (V,3,H,W), label): decode once, augment V times."""
+    """Item (slot, index) -> (uint8 views (V,3,H,W), label): decode once, augment V times, view v
+    with its own transform (`transforms[v]`: the per-view augmentation of `augment.views`)."""
 
-    def __init__(self, dataset: LTDataset, transform, num_views: int, seed: int):
+    def __init__(self, dataset: LTDataset, transforms: list, seed: int):
         self.ds = dataset
-        self.transform = transform
-        self.num_views = num_views
+        self.transforms = transforms
+        self.num_views = len(transforms)
         self.seed = seed
         self.epoch = 0
 
@@ -100,11 +101,11 @@ class _ViewsDataset(Dataset):
         slot, index = item
         img = self._load(index)
         views = []
-        for v in range(self.num_views):
-            if self.transform is not None:
+        for v, transform in enumerate(self.transforms):
+            if transform is not None:
                 # Per-sample seed: the augmentation depends on (seed, epoch, slot, view) only.
                 torch.manual_seed(hash((self.seed, self.epoch, slot, v)) & 0x7FFF_FFFF_FFFF)
-                views.append(self.transform(img))
+                views.append(transform(img))
             else:
                 views.append(img)
         return torch.stack(views), int(self.ds.labels[index]), index
@@ -126,8 +127,13 @@ class TorchLoader(LoaderBackend):
         self._init_streams(dataset, samplers, batch_size)
         self.device = torch.device(device)
         self.drop_last = loader.drop_last if train else False
-        self.views = _ViewsDataset(dataset, build_transform(augment, train, dataset.paths is not None),
-                                   num_views, seed)
+        files = dataset.paths is not None
+        per_view = view_augments(augment, num_views, train)
+        if all(a is augment for a in per_view):  # one transform object shared, as without augment.views
+            transforms = [build_transform(augment, train, files)] * num_views
+        else:
+            transforms = [build_transform(a, train, files) for a in per_view]
+        self.views = _ViewsDataset(dataset, transforms, seed)
         self.loader_cfg = loader
         self.set_epoch(0)
 

@@ -6,7 +6,7 @@ is the one list of names that the config, `fasttrain info` and the stage mechani
 from __future__ import annotations
 
 from fasttrain.methods import (balanced_softmax, ce, crt, fbl, glmc, ldam_drw, logit_adjust,  # noqa: F401
-                               lws, maxnorm, tau_norm)  # importing a method file registers it
+                               lws, maxnorm, ssd_distill, ssd_stage1, tau_norm)  # importing a method file registers it
 from fasttrain.methods.base import (METHODS, Method, MethodConfig, MethodContext, Progress, StageMethod,
                                     StageMethodConfig, StreamSpec, register)
 

@@ -9,6 +9,7 @@ what the config, `fasttrain info` and the stage mechanism read.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ class StageMethodConfig(MethodConfig):
     base_config: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        first_stage = sorted(n for n, m in METHODS.items() if not m.continues_stage)
+        first_stage = sorted(n for n, m in METHODS.items() if builds_own_structure(m))
         if self.base_method not in first_stage:
             raise ValueError(f"method.base_method: expected one of {first_stage}, got {self.base_method!r}")
 
@@ -92,6 +93,45 @@ class MethodContext:
     loss_impl: str = "auto"  # fused loss kernel dispatch: auto | triton | torch
     seed: int = 0
     default_stream: StreamSpec | None = None  # from loader.sampler / sampler_q / class_aware_k
+    # Rows per stream of one step over all processes (loader.batch_size x world size) when this
+    # method is being trained; None when it only builds a structure (a later stage's base model,
+    # evaluation), so checks that concern training (e.g. SSD's queue size) are skipped.
+    stream_batch_size: int | None = None
+
+
+def builds_own_structure(method: type["Method"]) -> bool:
+    """Whether a later stage can name `method` as its `base_method`: a first-stage method, or a
+    stage that trains a new model of its own (SSD's distillation)."""
+    return not method.continues_stage or method.trains_new_model
+
+
+def handoff(model: nn.Module) -> nn.Module:
+    """The part of a finished stage's model that a later stage continues: `model.handoff()` when the
+    model defines it (SSD stage I: query encoder + classifier, without the key encoder, projections
+    and queue; SSD stage III: the student with its hard head), else the model itself."""
+    fn = getattr(model, "handoff", None)
+    return fn() if callable(fn) else model
+
+
+def _few(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def load_exactly(module: nn.Module, state: dict, what: str = "the model") -> None:
+    """`module.load_state_dict(state)` (strict), but a mismatch is one line naming the missing and
+    the unexpected weights (a wrong checkpoint says what it lacks)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = ([f"missing {len(missing)} weights of {what}: {_few(missing)}"] if missing else []) + \
+                ([f"{len(unexpected)} weights {what} does not have: {_few(unexpected)}"] if unexpected else [])
+        raise RuntimeError("; ".join(parts))
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        raise RuntimeError(f"weights of {what} with another shape (checkpoint vs model): {_few(bad)}")
+    module.load_state_dict(state)
 
 
 class Method:
@@ -109,6 +149,9 @@ class Method:
     # False: nothing to optimise (post-hoc methods such as τ-normalisation): the stage runs
     # with train.epochs: 0 and no optimizer is built.
     trains: ClassVar[bool] = True
+    # True (with continues_stage): the stage uses the previous model (a teacher) but trains a new
+    # model of its own, which is what later stages continue and record as their base structure.
+    trains_new_model: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
         cfg.name = self.name
@@ -123,14 +166,19 @@ class Method:
         return [self.ctx.default_stream or StreamSpec()]
 
     # --- model ---------------------------------------------------------------------------------
+    def needs_backbone(self, previous: nn.Module | None) -> bool:
+        """Whether the builder must create a fresh backbone for `build_model`: for a new model (no
+        previous stage), or for a stage that trains a new model next to the previous one."""
+        return previous is None or self.trains_new_model
+
     def build_model(self, backbone: nn.Module | None, previous: nn.Module | None = None) -> nn.Module:
-        """The model this method trains: the previous stage's model when there is one (only for
-        `continues_stage` methods), else a fresh one on `backbone`."""
+        """The model this method trains: the previous stage's model (its `handoff`) when there is
+        one (only for `continues_stage` methods), else a fresh one on `backbone`."""
         if previous is not None:
             if not self.continues_stage:
                 raise ValueError(f"method {self.name}: single-stage method, cannot continue from a previous "
                                  "stage's model (use model.init_from to start from a checkpoint)")
-            model = previous
+            model = handoff(previous)
         else:
             model = self.new_model(backbone)
         self.check_model(model)
@@ -142,6 +190,12 @@ class Method:
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ValueError when `model` lacks what this method needs (e.g. a named head)."""
+
+    def load_init_state(self, model: nn.Module, state: dict) -> None:
+        """Load the weights of `model.init_from` (the builder calls this after `build_model`, before
+        `prepare`). Default: exactly the model's weights. A method whose checkpoint maps onto part of
+        its model overrides it (SSD's distillation loads the teacher)."""
+        load_exactly(model, state)
 
     def prepare(self, model: nn.Module) -> None:
         """Called once after the model's weights are final (after `model.init_from` or the
@@ -177,6 +231,11 @@ class Method:
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
+    def head_logits(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the prediction's logits, {head: logits} of each head when the method has several) from one
+        forward; evaluation reports the accuracy of every head. Default: (`predict`, {})."""
+        return self.predict(model, x), {}
+
     # --- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -193,6 +252,25 @@ class StageMethod(Method):
     continues_stage: ClassVar[bool] = True
 
     def new_model(self, backbone: nn.Module) -> nn.Module:
-        base_cls = METHODS[self.cfg.base_method]
-        base_cfg = build_dataclass(base_cls.config_class, dict(self.cfg.base_config), "method.base_config")
-        return base_cls(base_cfg, self.ctx).new_model(backbone)
+        full = build_structure(self.cfg.base_method, self.cfg.base_config, self.ctx, backbone)
+        model = handoff(full)
+        # Weights of the base structure the hand-off leaves behind: a checkpoint of the earlier stage
+        # holds them, and `load_init_state` drops exactly these (the official codes' key filter).
+        self._handoff_dropped = set(full.state_dict()) - set(model.state_dict())
+        return model
+
+    def load_init_state(self, model: nn.Module, state: dict) -> None:
+        dropped = getattr(self, "_handoff_dropped", set())
+        try:
+            load_exactly(model, {k: v for k, v in state.items() if k not in dropped})
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} (expected a checkpoint of a method.base_method={self.cfg.base_method} "
+                               "model)") from None
+
+
+def build_structure(method: str, config: dict, ctx: MethodContext, backbone: nn.Module) -> nn.Module:
+    """A fresh model of `method` with config keys `config` on `backbone`: the structure an earlier
+    stage trained (its method object is built for the structure only, not to be trained)."""
+    cls = METHODS[method]
+    cfg = build_dataclass(cls.config_class, dict(config), "method.base_config")
+    return cls(cfg, dataclasses.replace(ctx, stream_batch_size=None)).new_model(backbone)

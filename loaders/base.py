@@ -9,6 +9,7 @@ inside a step beyond the copy.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -68,6 +69,25 @@ class LoaderBackend:
 
 def steps_per_epoch(num_indices: int, batch_size: int, drop_last: bool) -> int:
     return num_indices // batch_size if drop_last else -(-num_indices // batch_size)
+
+
+def layout_epoch(orders: list[torch.Tensor], stream_batch: int, drop_last: bool) -> tuple[torch.Tensor, list[int]]:
+    """An epoch's dataset indices step-major, then stream-major, and each step's rows per stream.
+
+    Step i takes positions [i*b, i*b + b_i) of every stream's order (GLMC pairs row i of the
+    uniform stream with row i of the re-sampled one); a stream shorter than the first is wrapped.
+    The first stream's order defines the epoch length; the last partial step is kept unless
+    `drop_last`."""
+    b = stream_batch
+    n0 = len(orders[0])
+    full = n0 // b
+    tail = n0 - full * b if (not drop_last and n0 % b) else 0
+    used = full * b + tail
+    padded = [o if len(o) >= used else o.repeat(math.ceil(used / len(o)))[:used] for o in orders]
+    parts = [torch.stack([o[: full * b].view(full, b) for o in padded], dim=1).reshape(-1)]
+    if tail:
+        parts.append(torch.cat([o[full * b: used] for o in padded]))
+    return torch.cat(parts), [b] * full + ([tail] if tail else [])
 
 
 def batch_slices(order_len: int, batch_size: int, drop_last: bool) -> list[slice]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,7 @@ from fasttrain.batch import Batch, Geometry, random_geometry
 from fasttrain.data.ffcv_convert import (INSTALL_HINT, ConvertOptions, cached_beton, check_sidecar,
                                          read_sidecar)
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import LoaderBackend, steps_per_epoch, view_augments
+from fasttrain.loaders.base import LoaderBackend, layout_epoch, steps_per_epoch, view_augments
 from fasttrain.loaders.crop_params import ViewDraw
 
 log = logging.getLogger(__name__)
@@ -182,15 +181,8 @@ class FfcvLoader(LoaderBackend):
             orders = [self._page_local(o, epoch, s) for s, o in enumerate(orders)]
         b = self.stream_batch
         self.num_steps = steps_per_epoch(n0, b, self.drop_last)
-        full = n0 // b
-        tail = n0 - full * b if (not self.drop_last and n0 % b) else 0
-        used = full * b + tail
-        padded = [o if len(o) >= used else o.repeat(math.ceil(used / len(o)))[:used] for o in orders]
-        parts = [torch.stack([o[: full * b].view(full, b) for o in padded], dim=1).reshape(-1)]
-        if tail:
-            parts.append(torch.cat([o[full * b: used] for o in padded]))
-        self.rows = torch.cat(parts).numpy().astype(np.int64)  # step-major, then stream-major
-        self.step_sizes = [b] * full + ([tail] if tail else [])
+        rows, self.step_sizes = layout_epoch(orders, b, self.drop_last)
+        self.rows = rows.numpy().astype(np.int64)  # step-major, then stream-major
         self.geometry: list[Geometry] = []
         if self.defer_geometry:
             g = _geometry_generator(self.seed, epoch, self.device)

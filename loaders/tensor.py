@@ -13,14 +13,13 @@ loader's device seeded from (seed, epoch): CPU and CUDA runs draw different crop
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from fasttrain.batch import Batch, Geometry, random_geometry
 
-from .base import LoaderBackend, steps_per_epoch, view_augments
+from .base import LoaderBackend, layout_epoch, steps_per_epoch, view_augments
 
 SUPPORTED_AUGMENT = ("cifar", "none")
 # What a view of this backend can change (augment.views): the deferred crop/flip is all it draws.
@@ -86,17 +85,9 @@ class TensorLoader(LoaderBackend):
             raise ValueError("tensor loader: the first sampler's order is empty")
         b, s = self.stream_batch, self.num_streams
         self.num_steps = steps_per_epoch(n0, b, self.drop_last)
-        full = n0 // b
-        tail = n0 - full * b if (not self.drop_last and n0 % b) else 0
-        used = full * b + tail
-        # Other streams: the i-th step takes the same positions [i*b, i*b + b_i) of their order
-        # (GLMC pairs row i of the uniform batch with row i of the re-sampled one); wrap short ones.
-        padded = [o if len(o) >= used else o.repeat(math.ceil(used / len(o)))[:used] for o in orders]
-        parts = [torch.stack([o[: full * b].view(full, b) for o in padded], dim=1).reshape(-1)]
-        if tail:
-            parts.append(torch.cat([o[full * b: used] for o in padded]))
-        self.rows = torch.cat(parts).to(self.device)  # step-major, then stream-major
-        self.step_sizes = [b] * full + ([tail] if tail else [])
+        rows, self.step_sizes = layout_epoch(orders, b, self.drop_last)
+        self.rows = rows.to(self.device)  # step-major, then stream-major
+        tail = self.step_sizes[-1] if self.step_sizes and self.step_sizes[-1] != b else 0
         self.stream_full = torch.arange(s, device=self.device).repeat_interleave(b)
         self.stream_tail = torch.arange(s, device=self.device).repeat_interleave(tail)
         self.geometry: list[Geometry] = []

@@ -37,6 +37,8 @@ def plot_top1_vs_time(epochs: list[dict], path: Path, title: str) -> None:
     for key, colour in (("many", "#4c72b0"), ("medium", "#dd8452"), ("few", "#55a868")):
         if any(e.get(key) is not None for e in points):
             ax.plot(minutes, [e.get(key) for e in points], marker=".", label=key, color=colour, alpha=0.7)
+    for key in sorted({k for e in points for k in e if k.startswith("top1_")}):  # each head (GLMC, SSD III)
+        ax.plot(minutes, [e.get(key) for e in points], linestyle="--", label=f"top-1 {key[5:]}")
     ax.set_xlabel("wall time (min, this invocation)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

@@ -406,3 +406,16 @@ def test_short_cpu_run_glmc_then_maxnorm(tmp_path, monkeypatch):
             torch.testing.assert_close(state["model"][k], v)
         if k.startswith(("fc.", "projector.", "predictor.")):
             torch.testing.assert_close(state["model"][k], v)
+
+
+def test_evaluation_reports_both_heads_and_predicts_with_fc_cb():
+    m = make_method()
+    model = model_for(m).eval()
+    x = torch.randn(5, 3, 8, 8)
+    chosen, heads = m.head_logits(model, x)
+    o, ocb, _, _ = model(x)
+    assert set(heads) == {"fc", "fc_cb", "sum"}
+    torch.testing.assert_close(heads["fc"], o)
+    torch.testing.assert_close(heads["sum"], o + ocb)
+    torch.testing.assert_close(chosen, m.predict(model, x))  # the report's top-1 stays fc_cb's
+    assert make_method(separate_cb_head=False).head_logits(model_for(make_method(separate_cb_head=False)), x)[1] == {}

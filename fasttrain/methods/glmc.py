@@ -190,3 +190,10 @@ class GLMC(Method):
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         logits, logits_cb, _, _ = model(x)
         return select_logits(logits, logits_cb, self.cfg.predict_head)
+
+    @torch.no_grad()
+    def head_logits(self, model: nn.Module, x: torch.Tensor):
+        """The prediction plus both heads (and their sum), so every evaluation reports fc and fc_cb."""
+        logits, logits_cb, _, _ = model(x)
+        heads = {"fc": logits, "fc_cb": logits_cb, "sum": logits + logits_cb} if self.cfg.separate_cb_head else {}
+        return select_logits(logits, logits_cb, self.cfg.predict_head), heads

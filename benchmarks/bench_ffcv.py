@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loaders import load_corpus, time_loaders  # noqa: E402  (the shared corpus and timing)
+from bench_loaders import add_corpus_arguments, load_corpus, time_loaders  # noqa: E402  (shared corpus, timing)
 
 from fasttrain.benchmarking import emit_json, report_header, spread  # noqa: E402
 from fasttrain.config import AugmentConfig, LoaderConfig  # noqa: E402
@@ -201,15 +201,7 @@ def _version(dist: str) -> str | None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--root", default="/tmp/fasttrain_bench_corpus")
-    p.add_argument("--classes", type=int, default=20)
-    p.add_argument("--max-per-class", type=int, default=250)  # ~1,950 images, long-tailed (rho 10)
-    p.add_argument("--images", type=int, default=1024, help="images per timed rep")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="workers = threads of every loader")
-    p.add_argument("--crop", type=int, default=224)
-    p.add_argument("--only", default="", help="comma-separated loader names to run")
+    add_corpus_arguments(p)
     p.add_argument("--e2e", action="store_true", help="also the ResNet-50 training step (CUDA only)")
     p.add_argument("--e2e-batch", type=int, default=256)
     p.add_argument("--e2e-steps", type=int, default=20)

@@ -134,17 +134,23 @@ def time_loaders(makers: dict, images: int, batch_size: int, reps: int) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
+    """The corpus and timing options every loader benchmark shares (this one and bench_ffcv.py)."""
     p.add_argument("--root", default="/tmp/fasttrain_bench_corpus")
     p.add_argument("--classes", type=int, default=20)
     p.add_argument("--max-per-class", type=int, default=250)  # ~1,950 images, long-tailed (rho 10)
     p.add_argument("--images", type=int, default=1024, help="images per timed rep")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DataLoader workers = DALI threads")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2,
+                   help="workers = threads of every loader (DataLoader workers, DALI / FFCV threads)")
     p.add_argument("--crop", type=int, default=224)
     p.add_argument("--only", default="", help="comma-separated loader names to run")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_corpus_arguments(p)
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 

@@ -51,6 +51,17 @@ class LoaderBackend:
             orders.append(torch.as_tensor(sampler.order(epoch), dtype=torch.long))
         return orders
 
+    def begin_epoch(self, epoch: int, backend: str) -> list[torch.Tensor]:
+        """Epoch bookkeeping for backends that lay out a whole epoch up front: a new epoch starts
+        at step 0; returns the per-stream orders (the first one must not be empty)."""
+        if epoch != self.epoch:
+            self.position = 0
+        self.epoch = epoch
+        orders = self.epoch_orders(epoch)
+        if len(orders[0]) == 0:
+            raise ValueError(f"{backend} loader: the first sampler's order is empty")
+        return orders
+
     def __len__(self) -> int:  # steps per epoch
         raise NotImplementedError
 

@@ -170,13 +170,8 @@ class FfcvLoader(LoaderBackend):
 
     # --- epochs ----------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = epoch
-        orders = self.epoch_orders(epoch)
+        orders = self.begin_epoch(epoch, "ffcv")
         n0 = len(orders[0])
-        if n0 == 0:
-            raise ValueError("ffcv loader: the first sampler's order is empty")
         if self.quasi_random:
             orders = [self._page_local(o, epoch, s) for s, o in enumerate(orders)]
         b = self.stream_batch

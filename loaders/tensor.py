@@ -76,13 +76,8 @@ class TensorLoader(LoaderBackend):
 
     # --- epoch layout --------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = epoch
-        orders = self.epoch_orders(epoch)
+        orders = self.begin_epoch(epoch, "tensor")
         n0 = len(orders[0])
-        if n0 == 0:
-            raise ValueError("tensor loader: the first sampler's order is empty")
         b, s = self.stream_batch, self.num_streams
         self.num_steps = steps_per_epoch(n0, b, self.drop_last)
         rows, self.step_sizes = layout_epoch(orders, b, self.drop_last)

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ("import importlib.util, fasttrain, fasttrain.loaders.base, fasttrain.kernels, fasttrain.loaders.torch_backend;"
          "assert importlib.util.find_spec('loaders') is None, 'generic top-level loaders importable';"
@@ -24,28 +26,30 @@ def test_editable_install_imports_namespaced_packages(tmp_path):
     assert str(ROOT / "loaders" / "base.py") in proc.stdout
 
 
-def build_wheel(wheel_dir: Path) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory) -> tuple[list[str], Path]:
+    """The wheel built from this checkout (its file names) and installed into a fresh site folder."""
+    tmp = tmp_path_factory.mktemp("wheel")
     # setuptools reuses <repo>/build/: files renamed or removed since an earlier build would
     # still go into the wheel, so start from an empty one (it is git-ignored scratch space).
     shutil.rmtree(ROOT / "build", ignore_errors=True)
-    return subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True)
-
-
-def test_built_wheel_imports_namespaced_packages(tmp_path):
-    wheel_dir = tmp_path / "wheel"
-    build = build_wheel(wheel_dir)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp / "dist"), str(ROOT)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
-    (wheel,) = wheel_dir.glob("fasttrain-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    (wheel,) = (tmp / "dist").glob("fasttrain-*.whl")
+    target = tmp / "site"
+    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                           str(wheel)], capture_output=True, text=True)
+    assert inst.returncode == 0, inst.stderr[-3000:]
+    return zipfile.ZipFile(wheel).namelist(), target
+
+
+def test_built_wheel_imports_namespaced_packages(tmp_path, installed_wheel):
+    names, target = installed_wheel
     assert "fasttrain/loaders/base.py" in names and "fasttrain/kernels/__init__.py" in names
     assert "fasttrain/kernels/soft_ce/reference.py" in names
     assert any(n.startswith("fasttrain/splits/imagenet_lt/") for n in names)
     assert not any(n.startswith(("loaders/", "kernels/")) for n in names)
-    target = tmp_path / "site"
-    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                           str(wheel)], capture_output=True, text=True)
-    assert inst.returncode == 0, inst.stderr[-3000:]
     # PYTHONPATH entries come before the editable install's finder on the import path, so
     # this process imports the wheel's copy; the probe checks which copy it got.
     env = dict(os.environ, PYTHONPATH=str(target))
@@ -54,19 +58,11 @@ def test_built_wheel_imports_namespaced_packages(tmp_path):
     assert proc.stdout.startswith(str(target)), proc.stdout
 
 
-def test_wheel_ships_the_configs_and_trains_one_step_from_one_by_name(tmp_path):
+def test_wheel_ships_the_configs_and_trains_one_step_from_one_by_name(tmp_path, installed_wheel):
     """A user who installs the wheel (no checkout) gets the configs and can train from a name."""
-    wheel_dir = tmp_path / "wheel"
-    build = build_wheel(wheel_dir)
-    assert build.returncode == 0, build.stderr[-3000:]
-    (wheel,) = wheel_dir.glob("fasttrain-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    names, target = installed_wheel
     shipped = sorted(str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml"))
     assert sorted(n.removeprefix("fasttrain/configs/") for n in names if n.startswith("fasttrain/configs/")) == shipped
-    target = tmp_path / "site"
-    inst = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                           str(wheel)], capture_output=True, text=True)
-    assert inst.returncode == 0, inst.stderr[-3000:]
     env = dict(os.environ, PYTHONPATH=str(target), FASTTRAIN_NO_TQDM="1", OMP_NUM_THREADS="1")
     listed = subprocess.run([sys.executable, "-m", "fasttrain.cli", "configs"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)

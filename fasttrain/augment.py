@@ -140,30 +140,43 @@ def permutation_pairs(n: int, generator: torch.Generator | None,
 @dataclass(frozen=True)
 class Augmenter:
     """uint8 views -> normalised (and mixed) model inputs; one per run, shared by every method
-    and by evaluation. `dtype` is the model's input dtype (bf16 under bf16 autocast)."""
+    and by evaluation. `dtype` is the model's input dtype (bf16 under bf16 autocast).
+
+    `channels_last` is the memory format the model sees (`model.channels_last` resolved): the
+    kernels write NHWC; with False the inputs are made contiguous NCHW here, since oneDNN and
+    cuDNN keep the layout of their input and a channels-last input would make an NCHW model run
+    channels-last anyway."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     dtype: torch.dtype = torch.float32
     impl: str = "auto"
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _check_impl(self.impl)
 
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)  # free when x already has the format
+
     def views(self, batch: Batch) -> list[torch.Tensor]:
-        """Every view with its pending geometry applied, normalised: (B, 3, H, W) channels_last."""
+        """Every view with its pending geometry applied, normalised: (B, 3, H, W) in the model's
+        memory format (channels_last unless `channels_last=False`)."""
         if batch.normalized:
-            return list(batch.views)
-        return [fused_normalize(view, _crop(batch.view_geometry(i)), self.mean, self.std, dtype=self.dtype,
-                                impl=self.impl)
+            return [self._layout(v) for v in batch.views]
+        return [self._layout(fused_normalize(view, _crop(batch.view_geometry(i)), self.mean, self.std,
+                                             dtype=self.dtype, impl=self.impl))
                 for i, view in enumerate(batch.views)]
 
     def mix_pairs(self, batch: Batch, spec: MixSpec, idx_a: torch.Tensor, idx_b: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """MixUp of view 0 and CutMix of view 1 (view 0 again for 1-view batches) over row pairs."""
         cut = 1 if len(batch.views) > 1 else 0
-        return mixup_cutmix(batch.views[0], batch.views[cut], batch.view_geometry(0), batch.view_geometry(cut),
-                            idx_a, idx_b, spec, self.mean, self.std, dtype=self.dtype, impl=self.impl)
+        mix, cutmix = mixup_cutmix(batch.views[0], batch.views[cut], batch.view_geometry(0),
+                                   batch.view_geometry(cut), idx_a, idx_b, spec, self.mean, self.std,
+                                   dtype=self.dtype, impl=self.impl)
+        return self._layout(mix), self._layout(cutmix)
 
     def mix_streams(self, batch: Batch, spec: MixSpec
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,16 +18,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from fasttrain import distributed
 from fasttrain.augment import Augmenter
 from fasttrain.checkpoint import load_checkpoint
 from fasttrain.config import RunConfig
 from fasttrain.data import LTDataset, build_datasets
-from fasttrain.environment import amp_dtype, resolve_device, seed_everything
+from fasttrain.environment import amp_dtype, resolve_channels_last, resolve_device, seed_everything
 from fasttrain.loaders import build_loader
 from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
-from fasttrain.models import build_backbone, to_channels_last
-from fasttrain.samplers import build_sampler
-from fasttrain.step import Learner
+from fasttrain.models import build_backbone, to_channels_last, to_contiguous
+from fasttrain.samplers import EvalShard, build_sampler
+from fasttrain.step import Learner, MethodLoss
 
 log = logging.getLogger("fasttrain")
 
@@ -47,6 +48,7 @@ class Run:
     eval_loader: object
     train_loader: object | None = None
     learner: Learner | None = None
+    dist: distributed.DistContext = distributed.DistContext()  # this process's rank in a torchrun job
 
 
 def build_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
@@ -63,11 +65,13 @@ def build_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim
                            nesterov=o.nesterov, fused=fused or None)
 
 
-def build_augmenter(cfg: RunConfig, train_set: LTDataset, amp: torch.dtype | None) -> Augmenter:
+def build_augmenter(cfg: RunConfig, train_set: LTDataset, amp: torch.dtype | None,
+                    device: torch.device) -> Augmenter:
     aug = cfg.augment
     mean = tuple(aug.mean) if aug.mean else train_set.mean
     std = tuple(aug.std) if aug.std else train_set.std
-    return Augmenter(mean=mean, std=std, dtype=amp or torch.float32, impl=aug.mix_impl)
+    return Augmenter(mean=mean, std=std, dtype=amp or torch.float32, impl=aug.mix_impl,
+                     channels_last=resolve_channels_last(cfg.model.channels_last, device))
 
 
 def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous: nn.Module | None,
@@ -90,24 +94,31 @@ def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous:
         except RuntimeError as exc:
             raise RuntimeError(f"model.init_from={cfg.model.init_from}: weights do not fit the model "
                                f"({str(exc).splitlines()[0]})") from None
+    # Both ways explicitly: a previous stage's model may hold the other format.
     model = model.to(device)
-    if cfg.model.channels_last:
-        model = to_channels_last(model)
+    model = to_channels_last(model) if resolve_channels_last(cfg.model.channels_last, device) else to_contiguous(model)
     method.prepare(model)
     return model
 
 
 def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Module | None = None,
-              datasets: tuple[LTDataset, LTDataset] | None = None, rank: int = 0, world_size: int = 1) -> Run:
+              datasets: tuple[LTDataset, LTDataset] | None = None, rank: int = 0, world_size: int = 1,
+              local_rank: int | None = None) -> Run:
     """Build one stage of `cfg` (see the module docstring). `datasets` replaces `build_datasets`
-    (benchmarks pass synthetic data); `previous_model` is the previous stage's model."""
-    device = resolve_device(cfg.device)
+    (benchmarks pass synthetic data); `previous_model` is the previous stage's model.
+
+    With `world_size` > 1 (a torchrun job whose process group is initialised, see
+    fasttrain.distributed): the device is `cuda:local_rank`, the train samplers shard by rank,
+    the eval loader reads this rank's `EvalShard`, and the learner trains through DDP.
+    `loader.batch_size` is per process: the global batch is batch_size x world_size."""
+    dctx = distributed.DistContext(rank, world_size, rank if local_rank is None else local_rank)
+    device = resolve_device(cfg.device) if world_size == 1 else distributed.rank_device(cfg.device, dctx.local_rank)
     amp = amp_dtype(cfg.train.amp, device)
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     train_set, eval_set = datasets if datasets is not None else build_datasets(cfg)
-    augmenter = build_augmenter(cfg, train_set, amp)
+    augmenter = build_augmenter(cfg, train_set, amp, device)
     counts = torch.as_tensor(train_set.train_counts, dtype=torch.long)
     ld = cfg.loader
     ctx = MethodContext(num_classes=train_set.num_classes, train_counts=counts.to(device), augmenter=augmenter,
@@ -117,8 +128,11 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     method = METHODS[cfg.method.name](cfg.method, ctx)
 
     def loader(dataset, samplers, batch_size, num_views, train):
+        # Augmentation draws differ between ranks (rank 0 keeps the single-process seed); the sample
+        # order does not: the samplers shard one global order.
         return build_loader(ld.backend, dataset, samplers, batch_size=batch_size, num_views=num_views,
-                            device=device, augment=cfg.augment, loader=ld, train=train, seed=cfg.seed)
+                            device=device, augment=cfg.augment, loader=ld, train=train,
+                            seed=cfg.seed + AUGMENT_SEED_STRIDE * rank if train else cfg.seed)
 
     train_loader = None
     if training:  # one sampler per stream, all from the samplers module
@@ -127,22 +141,48 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
                                   drop_last=False)
                     for i, s in enumerate(method.streams())]
         train_loader = loader(train_set, samplers, ld.batch_size * len(samplers), method.num_views, True)
-    eval_loader = loader(eval_set, None, ld.eval_batch_size, 1, False)
+    eval_loader = loader(eval_set, eval_shard(len(eval_set), ld.eval_batch_size, dctx), ld.eval_batch_size, 1, False)
     model = _build_model(cfg, method, device, previous_model, training)
-    run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader)
+    if training and cfg.train.sync_bn and world_size > 1:
+        model = distributed.convert_sync_batchnorm(model)
+    run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader, dist=dctx)
     if training:
         forward = torch.compile(model) if cfg.train.compile else model
         optimizer = build_optimizer(cfg, method.trainable_parameters(model), device) if method.trains else None
         scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
-        run.learner = Learner(method, model, forward, optimizer, scaler, amp, device)
+        # DDP wraps the method's loss around the (compiled) model, so a method may call any part of
+        # its model (heads, a frozen backbone) and the gradients of its trainable parameters are
+        # still all-reduced; nothing to synchronise when nothing is trained.
+        ddp = None
+        if world_size > 1 and optimizer is not None:
+            ddp = distributed.wrap(MethodLoss(method, forward), method.ddp_find_unused_parameters)
+        run.learner = Learner(method, model, forward, optimizer, scaler, amp, device,
+                              accum_steps=cfg.train.grad_accum_steps, ddp=ddp)
     return run
 
 
-def build_split_loader(run: Run, split: str):
+# Seed offset of rank r's augmentation draws (r x stride): far from the sampler (+1000 per stream)
+# and method (+17, +23, +29) offsets.
+AUGMENT_SEED_STRIDE = 100_003
+
+
+def eval_shard(n: int, batch_size: int, dctx: distributed.DistContext) -> list | None:
+    """This rank's evaluation order under DDP (whole batches, see samplers.EvalShard), or None (the
+    loader's sequential order) in a single process and for eval sets of fewer batches than ranks,
+    where every rank evaluates everything rather than leave one without a batch."""
+    if not dctx.enabled or -(-n // batch_size) < dctx.world_size:
+        return None
+    return [EvalShard(n, batch_size, dctx.rank, dctx.world_size)]
+
+
+def build_split_loader(run: Run, split: str, sharded: bool = False):
     """An eval-order loader over `split` (test | val) of the run's dataset, e.g. the calibration
     split of a post-hoc method. The dataset's own builder says when a split does not exist."""
     cfg = copy.deepcopy(run.cfg)
     cfg.data.eval_split = split
     _, dataset = build_datasets(cfg)
-    return build_loader(cfg.loader.backend, dataset, None, batch_size=cfg.loader.eval_batch_size, num_views=1,
+    # Sharded (this rank's EvalShard) for evaluations whose predictions are gathered afterwards;
+    # calibration reads the whole split on every rank, so every rank chooses the same parameters.
+    shard = eval_shard(len(dataset), cfg.loader.eval_batch_size, run.dist) if sharded else None
+    return build_loader(cfg.loader.backend, dataset, shard, batch_size=cfg.loader.eval_batch_size, num_views=1,
                         device=run.device, augment=cfg.augment, loader=cfg.loader, train=False, seed=cfg.seed)

@@ -1,4 +1,4 @@
-"""Command line: `fasttrain train|eval|data|info`."""
+"""Command line: `fasttrain train|eval|data|bench|info|...`."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fasttrain import __version__
 from fasttrain.checkpoint import CheckpointError
+from fasttrain.guard import TrainingError
 from fasttrain.schema import ConfigError
 
 
@@ -112,6 +113,15 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _worker_message(exc: Exception) -> str:
+    """The message of `exc`; an error re-raised from a DataLoader worker carries the worker's
+    traceback in its text: its last line is the message the user needs."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fasttrain", description="High-throughput long-tailed recognition trainer")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -141,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="fetch, build or check datasets (see `fasttrain data --help`)",
                        add_help=False)
     d.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.data.cli.main
+    b = sub.add_parser("bench", help="benchmark suites: loaders, kernels, step, train, official, gpu "
+                                     "(see `fasttrain bench --help`)", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.bench.main
     pr = sub.add_parser("predict", help="top-k classes of images with a checkpoint (the run's eval transform)")
     pr.add_argument("checkpoint")
     pr.add_argument("target", help="an image, a folder of images, or a list file of image paths")
@@ -155,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output file (default: the checkpoint's name with the format's suffix)")
     ex.set_defaults(func=_cmd_export)
     sw = sub.add_parser("sweep", help="a grid of runs (seeds x settings), one process each; mean ± std table")
-    sw.add_argument("config")
+    sw.add_argument("config", help="a YAML file or a shipped config name (see `fasttrain configs`)")
     sw.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every run")
     sw.add_argument("--seeds", type=int, nargs="+", default=[0])
     sw.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2",
@@ -179,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         from fasttrain.data.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["bench"]:  # each suite has its own parser (and its own --help)
+        from fasttrain.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose or args.command == "train" else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -187,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:  # the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:  # training could not go on (NaN/inf loss, out of memory): why, and what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except Exception as exc:  # user-facing errors from data checks carry file/line context
         from fasttrain.data.index import DatasetError
 
         if isinstance(exc, DatasetError):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_worker_message(exc)}", file=sys.stderr)
             return 2
         raise
 

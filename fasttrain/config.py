@@ -43,6 +43,7 @@ class DataConfig:
     split_seed: int | None = None  # None: 0 for ldam, the run seed for glmc (as in the codes)
     train_list: str | None = None  # list files; None = the shipped/standard one
     test_list: str | None = None  # eval list file; None = the shipped/standard one
+    val_list: str | None = None  # val list file (model selection, eval_split: val); None = the shipped one
     eval_split: str = "test"  # test | val (list-file datasets)
     few_shot_rule: str = "<20"  # <20 (standard OLTR) | <=20 (GLMC's code)
     num_classes: int | None = None  # synthetic corpus only
@@ -78,7 +79,7 @@ class AugmentConfig:
 @dataclass
 class LoaderConfig:
     backend: str = "torch"  # torch | tensor | dali
-    batch_size: int = 64  # rows per stream per step (GLMC has 2 streams)
+    batch_size: int = 64  # rows per stream per step per process (GLMC has 2 streams); torchrun: global = x processes
     eval_batch_size: int = 256  # rows per evaluation step
     num_workers: int = 2  # torch backend: DataLoader worker processes
     pin_memory: bool = True  # torch backend: pinned host memory for the copy to CUDA
@@ -115,7 +116,9 @@ class ModelConfig:
     # resnext50_32x4d | timm/<name>[.<tag>] | torchvision/<name>
     arch: str = "resnet32"
     arch_kwargs: dict = field(default_factory=dict)  # library constructor arguments, e.g. {img_size: 64}
-    channels_last: bool = True  # model weights and inputs in torch.channels_last memory format
+    # Model weights and inputs in torch.channels_last (NHWC) memory format: true | false (contiguous
+    # NCHW) | auto (per device: fasttrain.environment.AUTO_CHANNELS_LAST)
+    channels_last: bool | str = "auto"
     init_from: str | None = None  # checkpoint whose model weights initialise this run
     # Backbone weights when the run starts fresh: a .pth / .pt / .safetensors file, or
     # `library` / `library:<tag>` for torchvision's / timm's own weights (local cache first).
@@ -154,7 +157,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200  # epochs of this stage (0 only for post-hoc methods such as tau_norm)
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | bf16 | fp16 | fp32 (strict)
     compile: bool = False  # torch.compile the model's forward
     log_every: int = 50  # steps between train scalars (TensorBoard, progress bar)
     eval_every: int = 1  # epochs between evaluations (the last epoch is always evaluated)
@@ -165,6 +168,17 @@ class TrainConfig:
     # jobs with a wall-time limit. The schedule still follows `epochs`.
     stop_after_epochs: int | None = None
     loss_impl: str = "auto"  # fused soft-label loss dispatch: auto (Triton on CUDA) | triton | torch
+    # Checkpoints inside an epoch (exact mid-epoch resume: loader position + every RNG), besides the
+    # epoch-end ones of save_every; either, both or neither (null).
+    save_every_steps: int | None = None  # also write last.pt every N steps of an epoch
+    save_every_minutes: float | None = None  # also write last.pt when M minutes passed since the last one
+    # Which evaluation picks best.pt: auto = val where the dataset has a val split (ImageNet-LT, Places-LT,
+    # a folder with val/), else test (CIFAR: the official codes' habit, which leaks the test set) | val | test | last
+    select_on: str = "auto"
+    # Multi-process (torchrun). loader.batch_size is per process: global batch = batch_size x processes.
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
+    grad_accum_steps: int = 1  # loader batches per optimizer step (gradients averaged; DDP syncs on the last)
+    dist_timeout_s: float = 1800.0  # torchrun: seconds a collective waits for the other ranks, then fails
 
 
 @dataclass
@@ -215,6 +229,8 @@ CHOICES = {
     "augment.train": ["cifar", "imagenet", "none"],
     "optim.name": ["sgd"],
     "train.amp": ["auto", "bf16", "fp16", "fp32"],
+    "train.select_on": ["auto", "val", "test", "last"],
+    "model.channels_last": ["auto", True, False],
     "log.wandb_mode": ["online", "offline", "disabled"],
 }
 
@@ -244,6 +260,7 @@ REGISTRY_CHECKED = {"model.arch"}
 
 POSITIVE = {"loader.batch_size", "loader.eval_batch_size", "loader.class_aware_k",
             "train.log_every", "train.eval_every", "train.save_every", "augment.crop_size",
+            "train.grad_accum_steps", "train.dist_timeout_s",
             "augment.eval_resize", "loader.dali_threads", "loader.prefetch_factor",
             "loader.dali_prefetch"}
 NON_NEGATIVE = {"optim.lr", "optim.weight_decay", "optim.momentum", "loader.num_workers",
@@ -268,7 +285,8 @@ def _check_values(cfg: RunConfig) -> None:
         if path in REGISTRY_CHECKED:
             continue
         if get(path) not in valid:
-            raise ConfigError(f"{path}: expected one of {valid}, got {get(path)!r}{suggest(str(get(path)), valid)}")
+            raise ConfigError(f"{path}: expected one of {valid}, got {get(path)!r}"
+                              f"{suggest(str(get(path)), [str(v) for v in valid])}")
     check_model_config(cfg.model)  # model.arch incl. families (closest names), pretrained/freeze forms
     for path in POSITIVE:
         if get(path) <= 0:
@@ -283,6 +301,10 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"data.imbalance_ratio: expected a value >= 1, got {cfg.data.imbalance_ratio!r}")
     if cfg.train.max_steps_per_epoch is not None and cfg.train.max_steps_per_epoch <= 0:
         raise ConfigError(f"train.max_steps_per_epoch: expected a value > 0 or null, got {cfg.train.max_steps_per_epoch!r}")
+    for key in ("save_every_steps", "save_every_minutes"):
+        value = getattr(cfg.train, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"train.{key}: expected a value > 0 or null, got {value!r}")
     _check_streams(cfg)
     _check_views(cfg)
     if cfg.method is not None and hasattr(cfg.method, "validate"):
@@ -387,7 +409,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where}: invalid YAML: {what}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     base = raw.pop("base", None)
@@ -500,6 +525,11 @@ def _base_of(previous: dict, name: str) -> dict:
     return {"base_method": previous["name"], "base_config": {k: v for k, v in previous.items() if k != "name"}}
 
 
-def dump_config(cfg: RunConfig, path: Path) -> None:
+def dump_config(cfg: RunConfig, path: Path, processes: int = 1) -> None:
+    """The resolved config, headed by what its batch size means for this run."""
     data = to_dict(cfg)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    header = (
+        f"# loader.batch_size is per process and per stream: this run has {processes} process(es), so one step "
+        f"draws {cfg.loader.batch_size * processes} rows per stream over all processes "
+        f"(x train.grad_accum_steps={cfg.train.grad_accum_steps} per optimizer step).\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))

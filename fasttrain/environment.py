@@ -27,11 +27,67 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# `train.amp: auto` on a CPU: bf16 autocast where the CPU computes bf16 natively (measured on
+# the GLMC step, see README "Performance"), else fp32. The one switch of that policy: set it to
+# False and `auto` means fp32 on every CPU again (`train.amp: fp32` is the strict switch anyway).
+CPU_AUTO_BF16 = True
+
+# /proc/cpuinfo flags of native bf16 arithmetic: x86 AVX512-BF16 (dot products) and AMX-BF16
+# (tile matrix multiply); Arm's BF16 extension ("bf16" in the aarch64 Features line). oneDNN
+# emulates bf16 on plain AVX512 too (torch.ops.mkldnn._is_mkldnn_bf16_supported() is true there),
+# but emulated bf16 convolutions are slower than fp32 ones, so emulation does not count.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (x86 `flags`, aarch64 `Features`); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("flags", "Features"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16_cpu(flags: set[str] | None = None) -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16, AMX-BF16 or Arm BF16)."""
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def auto_amp(device: torch.device, flags: set[str] | None = None) -> torch.dtype | None:
+    """What `train.amp: auto` runs on `device`: bf16 on CUDA; on a CPU bf16 where it is native
+    (and CPU_AUTO_BF16), else fp32 (None). `flags` overrides /proc/cpuinfo (tests)."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if device.type == "cpu" and CPU_AUTO_BF16 and native_bf16_cpu(flags):
+        return torch.bfloat16
+    return None
+
+
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for `train.amp`, or None for fp32. `auto` = bf16 on CUDA, fp32 on CPU."""
+    """Autocast dtype for `train.amp`, or None for fp32 (`auto`: see `auto_amp`)."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        return auto_amp(device)
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
+
+
+# `model.channels_last: auto` per device type: channels-last (NHWC) where it is faster for the
+# conv nets here. CUDA: tensor-core convolutions want NHWC. CPU (oneDNN runs both): the 4x-wide
+# ResNet-32 forward + backward, batch 128, 2 threads, was faster in NHWC in fp32 (3.15 vs 4.12 s)
+# and under bf16 autocast (1.45 vs 1.58 s) — README "Performance"; `fasttrain bench official`'s
+# *_nchw rows re-measure it on the whole GLMC step.
+AUTO_CHANNELS_LAST = {"cuda": True, "cpu": True}
+
+
+def resolve_channels_last(setting: bool | str, device: torch.device) -> bool:
+    """`model.channels_last` (true | false | auto) resolved for `device`."""
+    if setting == "auto":
+        return AUTO_CHANNELS_LAST.get(device.type, False)
+    return bool(setting)
 
 
 def seed_everything(seed: int) -> None:

@@ -14,15 +14,16 @@ from fasttrain.data.index import GROUP_NAMES, shot_groups
 
 
 @torch.no_grad()
-def collect_predictions(method, model, loader, augmenter, head_preds: dict | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_predictions(method, model, loader, augmenter, head_preds: dict | None = None,
+                        indices: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader.
 
     Views go through the run's augmenter (the same uint8 → input-dtype path as training); a
     bf16 run evaluates under bf16 autocast. For a method with several heads (`head_logits`),
-    `head_preds` (a dict) receives each head's predicted classes (N,) from the same forward."""
+    `head_preds` (a dict) receives each head's predicted classes (N,) from the same forward;
+    `indices` (a list) receives the rows' dataset indices (N,)."""
     model.eval()
-    probs, labels, heads = [], [], {}
+    probs, labels, heads, index = [], [], {}, []
     device_type = next(model.parameters()).device.type
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=augmenter.dtype == torch.bfloat16)
     for batch in loader:
@@ -31,25 +32,66 @@ def collect_predictions(method, model, loader, augmenter, head_preds: dict | Non
             logits, per_head = method.head_logits(model, x)
         probs.append(torch.softmax(logits.float(), dim=1))
         labels.append(batch.labels)
+        index.append(batch.index)
         for name, z in per_head.items():
             heads.setdefault(name, []).append(z.argmax(dim=1))
     if head_preds is not None:
         head_preds.update({name: torch.cat(p).cpu() for name, p in heads.items()})
+    if indices is not None:
+        indices.append(torch.cat(index).cpu())
     return torch.cat(probs).cpu(), torch.cat(labels).cpu()
 
 
 def evaluate(run, confusion: Path | None = None) -> dict:
     """The accuracy report of `run.model` (a fasttrain.build.Run) on its eval loader; with
     `confusion`, also the confusion-matrix PNG there."""
+    return evaluate_loader(run, run.eval_loader, confusion)
+
+
+def evaluate_loader(run, loader, confusion: Path | None = None) -> dict:
+    """`evaluate` on another eval-order loader of the run (e.g. the val split for model selection).
+    Under torchrun a sharded loader's predictions are gathered from every rank first, so the
+    report is the single-process one exactly."""
     heads: dict = {}
-    probs, labels = collect_predictions(run.method, run.model, run.eval_loader, run.augmenter, heads)
+    indices: list = []
+    probs, labels = collect_predictions(run.method, run.model, loader, run.augmenter, heads, indices)
+    if getattr(loader, "samplers", None) and run.dist.enabled:
+        probs, labels, heads = gather_predictions(probs, labels, indices[0], heads)
     if confusion is not None:
         plot_confusion(probs, labels, run.train_set.train_counts, confusion)
     report = accuracy_report(probs, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
-    if heads:  # methods with several heads (SSD stage III: hard, soft, sum): each head's accuracy
-        report["heads"] = {name: group_accuracy(pred, labels, run.train_set.train_counts,
-                                                run.cfg.data.few_shot_rule)[0] for name, pred in heads.items()}
+    if heads:  # methods with several heads (GLMC fc / fc_cb, SSD III hard / soft): each head's accuracy
+        report["heads"] = {name: head_report(pred, labels, run.train_set.train_counts, run.cfg.data.few_shot_rule)
+                           for name, pred in heads.items()}
     return report
+
+
+def heads_per_class(report: dict) -> dict[str, list[float]]:
+    """{head: per-class accuracies} of a several-head method's report ({} for one head)."""
+    return {name: h["per_class"] for name, h in report.get("heads", {}).items() if "per_class" in h}
+
+
+def head_report(pred: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray, rule: str) -> dict:
+    """One head's top-1 / many / medium / few and its per-class accuracies (for the CSV and plot)."""
+    report, per_class = group_accuracy(pred, labels, train_counts, rule)
+    report["per_class"] = [round(100.0 * float(a), 4) for a in per_class]
+    return report
+
+
+def gather_predictions(probs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, heads: dict
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Every rank's rows (probabilities, labels, each head's predictions), put in dataset-index
+    order. The ranks' shards must partition the split: an index seen twice or never is an error,
+    not a silently skewed accuracy."""
+    from fasttrain.distributed import all_gather_cat
+
+    index_all = all_gather_cat(index)
+    order = torch.argsort(index_all)
+    if not torch.equal(index_all[order], torch.arange(len(index_all))):
+        raise RuntimeError(f"evaluation shards do not partition the split: {len(index_all)} rows gathered, "
+                           f"{len(torch.unique(index_all))} distinct indices")
+    gathered = {name: all_gather_cat(pred)[order] for name, pred in sorted(heads.items())}
+    return all_gather_cat(probs)[order], all_gather_cat(labels)[order], gathered
 
 
 def head_scalars(report: dict) -> dict:
@@ -101,7 +143,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, pl
         write_per_class_csv(report, run.train_set, cfg.data.few_shot_rule, csv)
     if plot is not None:
         plot_per_class(report["per_class"], run.train_set.train_counts, plot,
-                       title=f"{Path(path).name}: top-1 {report['top1']:.2f}%")
+                       title=f"{Path(path).name}: top-1 {report['top1']:.2f}%", heads=heads_per_class(report))
     return report
 
 
@@ -169,7 +211,8 @@ def class_names(dataset) -> list[str]:
 
 
 def write_per_class_csv(report: dict, train_set, rule: str, path: Path) -> None:
-    """class, name, train_count, group, accuracy (%) — one row per class (temp file + rename)."""
+    """class, name, train_count, group, accuracy (%) [, accuracy_<head> of each head of a several-head
+    method] — one row per class (temp file + rename)."""
     import csv
 
     groups = shot_groups(train_set.train_counts, rule)
@@ -178,9 +221,11 @@ def write_per_class_csv(report: dict, train_set, rule: str, path: Path) -> None:
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class", "name", "train_count", "group", "accuracy"])
+        heads = heads_per_class(report)
+        w.writerow(["class", "name", "train_count", "group", "accuracy"] + [f"accuracy_{h}" for h in heads])
         for c, acc in enumerate(report["per_class"]):
-            w.writerow([c, names[c], int(train_set.train_counts[c]), GROUP_NAMES[groups[c]], acc])
+            w.writerow([c, names[c], int(train_set.train_counts[c]), GROUP_NAMES[groups[c]], acc]
+                       + [per_class[c] for per_class in heads.values()])
     tmp.replace(path)
 
 
@@ -212,8 +257,11 @@ def plot_confusion(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.n
     tmp.replace(path)
 
 
-def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path, title: str = "") -> None:
-    """PNG: per-class accuracy (bars, classes sorted by train count) against train count (line)."""
+def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path, title: str = "",
+                   heads: dict[str, list[float]] | None = None) -> None:
+    """PNG: per-class accuracy (bars, classes sorted by train count) against train count (line).
+    With `heads` (a several-head method: GLMC fc / fc_cb, SSD hard / soft), one bar per head and
+    class side by side instead, so which head favours the head or the tail classes is visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,7 +271,17 @@ def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path,
     acc = np.asarray(per_class)[order]
     counts = np.asarray(train_counts)[order]
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    ax.bar(np.arange(len(acc)), acc, width=1.0, color="#4c72b0", label="test accuracy (%)")
+    shown = {name: np.asarray(h)[order] for name, h in (heads or {}).items()}
+    if len(shown) > 1 and len(acc) <= 100:  # side-by-side bars stay readable up to ~100 classes
+        width = 0.9 / len(shown)
+        for k, (name, h) in enumerate(shown.items()):
+            ax.bar(np.arange(len(h)) - 0.45 + (k + 0.5) * width, h, width=width, label=f"{name} (%)")
+    elif shown:  # many classes: one line per head over the sorted classes
+        ax.bar(np.arange(len(acc)), acc, width=1.0, color="#4c72b0", alpha=0.4, label="reported (%)")
+        for name, h in shown.items():
+            ax.plot(np.arange(len(h)), h, lw=0.8, label=f"{name} (%)")
+    else:
+        ax.bar(np.arange(len(acc)), acc, width=1.0, color="#4c72b0", label="test accuracy (%)")
     ax.set_xlabel("class (sorted by training count)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)

@@ -257,6 +257,11 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+def to_contiguous(model: nn.Module) -> nn.Module:
+    """4-D weights back to contiguous NCHW (the inverse of `to_channels_last`)."""
+    return model.to(memory_format=torch.contiguous_format)
+
+
 __all__ = ["BACKBONES", "BackboneEntry", "Backbone", "CifarResNet", "Classifier", "WeightsError", "build_backbone",
            "check_model_config", "count_parameters", "create_backbone", "linear_head", "parse_pretrained",
-           "resolve_arch", "to_channels_last"]
+           "resolve_arch", "to_channels_last", "to_contiguous"]

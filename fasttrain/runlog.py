@@ -15,7 +15,7 @@ import logging
 import os
 from pathlib import Path
 
-from fasttrain.evaluation import plot_per_class, write_per_class_csv
+from fasttrain.evaluation import heads_per_class, plot_per_class, write_per_class_csv
 
 log = logging.getLogger("fasttrain")
 EVAL_KEYS = ("top1", "many", "medium", "few", "ece")
@@ -150,7 +150,7 @@ class RunLog:
         if not self.enabled:
             return
         plot_per_class(report["per_class"], train_set.train_counts, self.run_dir / "per_class_accuracy.png",
-                       title=f"{summary['name']}: top-1 {report['top1']:.2f}%")
+                       title=f"{summary['name']}: top-1 {report['top1']:.2f}%", heads=heads_per_class(report))
         write_per_class_csv(report, train_set, report["few_shot_rule"], self.run_dir / "per_class.csv")
         plot_top1_vs_time(summary["epochs"], self.run_dir / "top1_vs_time.png", summary["name"])
         if self._wandb is not None:

@@ -194,6 +194,32 @@ class ClassAwareSampler(Sampler):
         return out[: self.num_samples]
 
 
+class EvalShard:
+    """One rank's part of the sequential evaluation order under DDP: whole evaluation batches
+    b = rank, rank + W, rank + 2W, ... of `arange(n)` cut into `batch_size` rows. Every batch thus
+    holds exactly the rows it holds in a single process (the same forward, bit for bit), ranks may
+    get one batch more than others (no padding: no sample is counted twice), and the gathered
+    predictions, put back in dataset-index order, are the single process's. Not a training
+    sampler (not in `SAMPLERS`): the loaders only ask it for `order`, `len` and `set_epoch`."""
+
+    def __init__(self, n: int, batch_size: int, rank: int, world_size: int):
+        if batch_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"eval shard: batch_size {batch_size}, rank {rank} of {world_size}")
+        starts = torch.arange(0, n, batch_size)[rank::world_size]
+        parts = [torch.arange(int(s), min(int(s) + batch_size, n)) for s in starts]
+        self.indices = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return self.indices
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 SAMPLERS: dict[str, type[Sampler]] = {
     "instance": InstanceSampler,
     "power": PowerSampler,

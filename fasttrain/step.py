@@ -2,17 +2,35 @@
 
     autocast → method loss → backward → grad scaler / optimizer → method hook
 
+(with gradient accumulation, the optimizer part runs on the last micro-batch of each group;
+under torchrun the loss runs inside DistributedDataParallel, see `MethodLoss`).
+
 `Learner` holds what a step touches; the run builder makes it (fasttrain.build). The step does no
 host↔device sync: the logs it returns are detached device tensors.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from fasttrain.methods import Method, Progress
+
+
+class MethodLoss(nn.Module):
+    """`method.loss(model, batch, progress)` as a module: what DistributedDataParallel wraps under
+    torchrun. DDP then sees every trainable parameter of `model` however the method reaches it (a
+    forward, a head called on frozen features, a teacher), and all-reduces their gradients."""
+
+    def __init__(self, method: Method, model: nn.Module):
+        super().__init__()
+        self.method = method
+        self.model = model
+
+    def forward(self, batch, progress: Progress):
+        return self.method.loss(self.model, batch, progress)
 
 
 @dataclass
@@ -24,15 +42,30 @@ class Learner:
     scaler: torch.amp.GradScaler  # enabled only for fp16
     amp: torch.dtype | None  # autocast dtype; None = fp32
     device: torch.device
+    accum_steps: int = 1  # train.grad_accum_steps: micro-batches per optimizer step
+    ddp: nn.Module | None = None  # DistributedDataParallel(MethodLoss) under torchrun, else None
 
 
-def train_step(learner: Learner, batch, progress: Progress) -> dict[str, torch.Tensor]:
-    """One optimisation step on `batch`; returns the method's logs (detached, on device)."""
-    with torch.autocast(learner.device.type, dtype=learner.amp or torch.float32, enabled=learner.amp is not None):
-        loss, logs = learner.method.loss(learner.forward_model, batch, progress)
-    learner.optimizer.zero_grad(set_to_none=True)
-    learner.scaler.scale(loss).backward()
-    learner.scaler.step(learner.optimizer)
-    learner.scaler.update()
-    learner.method.after_step(learner.model, progress)
+def train_step(learner: Learner, batch, progress: Progress, micro: int = 0, group: int = 1) -> dict[str, torch.Tensor]:
+    """One micro-batch `micro` of an accumulation group of `group` batches; the optimizer steps
+    after the group's last one (the default, micro 0 of 1, is a plain optimisation step on `batch`).
+    Each micro-batch's loss is divided by `group`, so the accumulated gradient is the mean over
+    the group's rows, as one step on their union would have it. Under DDP the gradients are
+    all-reduced only on the last micro-batch (`no_sync` before). Returns the method's logs
+    (detached, on device)."""
+    last = micro == group - 1
+    sync = learner.ddp.no_sync() if learner.ddp is not None and not last else nullcontext()
+    with sync:
+        with torch.autocast(learner.device.type, dtype=learner.amp or torch.float32, enabled=learner.amp is not None):
+            if learner.ddp is not None:
+                loss, logs = learner.ddp(batch, progress)
+            else:
+                loss, logs = learner.method.loss(learner.forward_model, batch, progress)
+        if micro == 0:
+            learner.optimizer.zero_grad(set_to_none=True)
+        learner.scaler.scale(loss if group == 1 else loss / group).backward()
+    if last:
+        learner.scaler.step(learner.optimizer)
+        learner.scaler.update()
+        learner.method.after_step(learner.model, progress)
     return logs

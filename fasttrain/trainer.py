@@ -3,31 +3,39 @@
 Multi-stage runs (GLMC -> MaxNorm, SSD I-IV, cRT/LWS) are a list of stages; each later stage
 starts from the previous stage's model and lives in its own sub-directory of the run. The step
 itself is `fasttrain.step.train_step`; building is `fasttrain.build`; everything written about
-the run is `fasttrain.runlog.RunLog`.
+the run is `fasttrain.runlog.RunLog`; what a checkpoint holds and how a run resumes is
+`fasttrain.recovery`; which evaluation picks best.pt is `fasttrain.selection`; NaN/inf losses and
+out-of-memory steps are `fasttrain.guard`. Under torchrun every rank runs this loop
+(`fasttrain.distributed`): rank 0 writes, all ranks agree on when to checkpoint or stop.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from fasttrain import distributed
 from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import load_checkpoint, save_checkpoint
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
+from fasttrain.data import build_datasets
 from fasttrain.schema import ConfigError
-from fasttrain.environment import memory_peaks, rng_state, set_rng_state, versions
-from fasttrain.evaluation import class_names, evaluate, head_scalars
+from fasttrain.environment import memory_peaks, versions
+from fasttrain.evaluation import class_names, evaluate, evaluate_loader, head_scalars
+from fasttrain.guard import DeviceOutOfMemory, LossGuard, out_of_memory_message
 from fasttrain.meter import MeanLogs, ThroughputMeter
 from fasttrain.methods import Progress
+from fasttrain.recovery import SavePolicy, gather_rank_states, rank_state, restore
 from fasttrain.runlog import EVAL_KEYS, RunLog
 from fasttrain.schedules import learning_rate
+from fasttrain.selection import better, selected_section, selection_split
 from fasttrain.step import train_step
 
 log = logging.getLogger("fasttrain")
@@ -57,34 +65,53 @@ def _due(every: int, epoch: int, epochs: int) -> bool:
     return (epoch + 1) % every == 0 or epoch + 1 == epochs
 
 
+def accumulation(step: int, steps: int, every: int) -> tuple[int, int]:
+    """(micro-batch index, group size) of loader step `step` of `steps` with `every` batches per
+    optimizer step; the epoch's last group may be shorter (its mean is over its own batches)."""
+    if every == 1:
+        return 0, 1
+    first = step - step % every
+    return step - first, min(every, steps - first)
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, previous_model: torch.nn.Module | None = None,
                  resume: bool | str | Path = False, overwrite: bool = False):
         """`resume`: False, True (this run directory's last.pt) or a checkpoint path. A run directory
-        that already holds a run is never reused silently: resume it, or pass `overwrite`."""
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        if self.world_size > 1:
-            # Samplers already shard by (rank, world_size), but gradients are not synchronised
-            # yet: refuse rather than train W independent models on W shards.
-            raise RuntimeError("WORLD_SIZE > 1: multi-process (torchrun/DDP) training is not supported yet; "
-                               "run a single process")
+        that already holds a run is never reused silently: resume it, or pass `overwrite`.
+
+        Under torchrun (WORLD_SIZE > 1) the process joins the job's process group here; rank 0
+        writes everything, every rank trains its shard and evaluates its part of the eval set."""
+        self.dist = distributed.init_from_env(cfg.device, cfg.train.dist_timeout_s)
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        # Under torchrun rank 0 builds the datasets first (a generated corpus, downloads and caches are
+        # written once), then the others read them; one process builds them inside build_run.
+        datasets = distributed.main_first(build_datasets, cfg) if self.dist.enabled else None
         self.run = build_run(cfg, training=True, previous_model=previous_model, rank=self.rank,
-                             world_size=self.world_size)
+                             world_size=self.world_size, local_rank=self.dist.local_rank, datasets=datasets)
+        if cfg.train.sync_bn and self.world_size > 1 and self.run.device.type != "cuda":
+            raise ConfigError("train.sync_bn=true needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); "
+                              "set train.sync_bn=false on CPU")
         self.learner = self.run.learner
         self.method, self.model, self.loader = self.run.method, self.run.model, self.run.train_loader
+        self.select = selection_split(cfg)
         self.start_epoch = 0
         self.best = {"top1": -1.0, "epoch": -1}
         self.history: list[dict] = []
         self._stop_requested = False
+        self.guard = LossGuard()
+        self._best: dict = {}  # the best epoch's report (and weights), see _keep_best
+        self._resumed_from: Path | None = None
+        self.saves = SavePolicy(cfg.train.save_every_steps, cfg.train.save_every_minutes)
+        self._last_good = "no checkpoint was written yet"
         checkpoint = Path(resume) if isinstance(resume, (str, Path)) else self.run_dir / "last.pt"
         if resume and checkpoint.is_file():
             self._resume(checkpoint)
         elif isinstance(resume, (str, Path)):
             raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
         elif not resume:
-            self._claim_run_dir(overwrite)
+            distributed.on_main(self._claim_run_dir, overwrite)
 
     # --- the loop ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int, runlog: RunLog, meter: ThroughputMeter) -> dict:
@@ -98,37 +125,61 @@ class Trainer:
         logs = MeanLogs()
         bar = runlog.progress(epoch, steps, start)
         meter.start_window()
-        for batch in meter.timed(loader, steps - start):
-            progress.step = step
-            if cfg.schedule.per_step:
-                lr = self._set_lr(epoch + step / steps)
-            logs.add(train_step(self.learner, batch, progress))
-            meter.count(batch.size)
-            step += 1
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step == steps:
-                runlog.train(epoch * steps + step, logs.means(), meter.read(self.run.device), lr, bar)
-            if self._stop_requested:  # save mid-epoch: loader position + RNG give an exact continuation
-                loader.position = step
-                save_checkpoint(self._state(epoch), self.run_dir / "last.pt")
-                bar.close()
-                raise _Stop()
-        bar.close()
+        try:  # the bar is closed however the epoch ends, so an error message starts on a clean line
+            for batch in meter.timed(loader, steps - start):
+                progress.step = step
+                if cfg.schedule.per_step:
+                    lr = self._set_lr(epoch + step / steps)
+                micro, group = accumulation(step, steps, cfg.train.grad_accum_steps)
+                try:
+                    step_logs = train_step(self.learner, batch, progress, micro, group)
+                except torch.OutOfMemoryError as exc:
+                    raise DeviceOutOfMemory(out_of_memory_message(cfg, epoch, step, self.world_size, exc)) from None
+                logs.add(step_logs)
+                self.guard.watch(step_logs, batch, epoch, step)
+                meter.count(batch.size)
+                step += 1
+                bar.update(1)
+                if step % cfg.train.log_every == 0 or step == steps:
+                    self.guard.check(self._last_good)
+                    rate = meter.read(self.run.device)
+                    rate = {"img_per_s": distributed.sum_scalar(rate["img_per_s"]),
+                            "data_wait_frac": distributed.mean_scalars({"w": rate["data_wait_frac"]})["w"]}
+                    runlog.train(epoch * steps + step, distributed.mean_scalars(logs.means()), rate, lr, bar)
+                if micro == group - 1:  # an optimizer-step boundary: a consistent state to checkpoint
+                    self._checkpoint_inside_epoch(epoch, step, steps)
+        finally:
+            bar.close()
         self.method.after_epoch(self.model, progress)
         rate = meter.epoch_rate(self.run.device)
-        out = logs.means()
-        out.update({"lr": lr, "img_per_s": rate["img_per_s"], "data_wait_frac": rate["data_wait_frac"],
+        out = distributed.mean_scalars(logs.means())  # training metrics: mean over ranks
+        out.update({"lr": lr, "img_per_s": distributed.sum_scalar(rate["img_per_s"]),  # images/s of the job
+                    "data_wait_frac": distributed.mean_scalars({"w": rate["data_wait_frac"]})["w"],
                     "steps": step - start, "train_loss": out.get("loss", float("nan"))})
         out.update(memory_peaks(self.run.device))
         if hasattr(loader, "skipped"):  # DALI skip_corrupt: files dropped so far
             out["skipped_files"] = len(loader.skipped)
         return out
 
+    def _checkpoint_inside_epoch(self, epoch: int, step: int, steps: int) -> None:
+        """After step `step`: save last.pt if a signal asked to stop (then stop) or a mid-epoch
+        checkpoint is due (train.save_every_steps / save_every_minutes). Under torchrun the ranks
+        agree first (any rank's signal; rank 0's clock), so all save and stop at the same step."""
+        by_steps, by_time = self.saves.due(step) if step < steps else (False, False)
+        stop, by_time = distributed.any_flags(self._stop_requested, by_time and self.rank == 0)
+        if not (stop or by_steps or by_time):
+            return
+        self._save_last(epoch, position=step)  # loader position + every RNG: an exact continuation
+        if stop:
+            distributed.barrier()  # rank 0 has finished writing before any rank exits
+            raise _Stop()
+
     def fit(self) -> StageResult:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, self.run_dir / "config.yaml")
-        meter, t0, report = ThroughputMeter(), time.perf_counter(), None
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml", self.world_size)
+        meter, t0, report, selection_report = ThroughputMeter(), time.perf_counter(), None, None
         # SIGTERM (schedulers) and SIGINT (Ctrl-C): finish the step, save last.pt, exit cleanly.
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -142,16 +193,20 @@ class Trainer:
                         report = evaluate(self.run)
                         record.update({k: report[k] for k in EVAL_KEYS})
                         record.update(head_scalars(report))  # top1_<head> of several-head methods (SSD III)
-                        self._keep_best(report, epoch)
+                        selection_report = self._selection_report(report)
+                        if selection_report is not report:
+                            record[f"{self.select}_top1"] = selection_report["top1"]
+                        self._keep_best(selection_report, epoch)
                     record["wall_s"] = time.perf_counter() - t0  # since this invocation started
                     self.history.append(record)
                     runlog.epoch(record)
                     if _due(cfg.train.save_every, epoch, cfg.train.epochs):
-                        save_checkpoint(self._state(epoch + 1), self.run_dir / "last.pt")
+                        self._save_last(epoch + 1)
                 calibration = self._calibrate()
                 if calibration or report is None:  # post-hoc choice, or resumed after the last epoch
                     report = evaluate(self.run)
                 summary = self._summary(report, meter, time.perf_counter() - t0)
+                summary["selected"] = self._selected(report)
                 if calibration:
                     summary["calibration"] = calibration
                 runlog.finish(summary, report, self.run.train_set)
@@ -178,26 +233,86 @@ class Trainer:
             return {}
         found = self.method.calibrate(self.model, build_split_loader(self.run, split), self.run.augmenter)
         log.info("calibrated on the %s split: %s", split, found)
-        dump_config(self.cfg, self.run_dir / "config.yaml")
-        save_checkpoint(self._state(self.cfg.train.epochs), self.run_dir / "last.pt")
+        if self.rank == 0:
+            dump_config(self.cfg, self.run_dir / "config.yaml", self.world_size)
+        self._save_last(self.cfg.train.epochs)
         return found
 
+    # --- model selection (fasttrain.selection) -------------------------------------------------
+    def _split_loader(self, split: str):
+        """The eval-order loader of `split`: the run's own when it is the eval split, else built once."""
+        if split == self.cfg.data.eval_split:
+            return self.run.eval_loader
+        loaders = self.__dict__.setdefault("_split_loaders", {})
+        if split not in loaders:
+            loaders[split] = build_split_loader(self.run, split, sharded=True)
+        return loaders[split]
+
+    def _selection_report(self, report: dict) -> dict:
+        """The evaluation that chooses best.pt: `report` itself (eval split = selection split, or
+        `last`), else an evaluation of the selection split."""
+        if self.select in ("last", self.cfg.data.eval_split):
+            return report
+        return evaluate_loader(self.run, self._split_loader(self.select))
+
     def _keep_best(self, report: dict, epoch: int) -> None:
-        if report["top1"] > self.best["top1"]:
-            self.best = {"top1": report["top1"], "epoch": epoch, **{k: report[k] for k in ("many", "medium", "few")}}
-            save_checkpoint({"model": self.model.state_dict(), "epoch": epoch + 1, "report": report,
-                             "config": to_dict(self.cfg), "meta": self._meta()}, self.run_dir / "best.pt")
+        if better(report, self.best, self.select):
+            self.best = {"top1": report["top1"], "epoch": epoch, **{k: report[k] for k in ("many", "medium", "few")},
+                         "on": self.select}
+            # Kept for the summary's `selected`: the report, and (selected on another split than the
+            # test report's) the weights, on the host, so the end needs no file every rank can read.
+            self._best = {"report": report}
+            if self.select != "last" and not (self.select == "test" and self.cfg.data.eval_split == "test"):
+                self._best["weights"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            if self.rank == 0:
+                save_checkpoint({"model": self.model.state_dict(), "epoch": epoch + 1, "report": report,
+                                 "config": to_dict(self.cfg), "meta": self._meta()}, self.run_dir / "best.pt")
+
+    def _selected(self, final_report: dict) -> dict:
+        """summary.json's `selected`: the chosen checkpoint's test report. Chosen on val (or another
+        split than the report's): best.pt's weights are evaluated on test once, then the final
+        weights are put back (a later stage continues the final model, as before)."""
+        if self.best["epoch"] < 0:
+            return {"on": self.select, "note": "nothing was evaluated"}
+        if self.select == "last":
+            return selected_section(self.select, self.best, final_report)
+        # A resumed run whose best epoch came before the resume reads best.pt (every rank: out_dir
+        # is on a filesystem they all see, as for --resume).
+        stored = self._best or self._stored_best()
+        if not stored:
+            return {"on": self.select, "epoch": self.best["epoch"], "selection_top1": self.best["top1"],
+                    "note": "best.pt of that epoch is not in this run directory (resumed from another run's "
+                            "checkpoint): not evaluated on test"}
+        if self.select == "test" and self.cfg.data.eval_split == "test":
+            return selected_section(self.select, self.best, stored["report"])
+        weights = stored["weights"]
+        final = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(weights)
+        test_report = evaluate_loader(self.run, self._split_loader("test"))
+        self.model.load_state_dict(final)
+        return selected_section(self.select, self.best, test_report)
+
+    def _stored_best(self) -> dict:
+        """{report, weights} of best.pt in this run directory (or beside the resumed checkpoint)."""
+        for path in (self.run_dir / "best.pt", self._resumed_from.with_name("best.pt") if self._resumed_from else None):
+            if path is not None and path.is_file():
+                state = load_checkpoint(path)
+                if state.get("epoch") == self.best["epoch"] + 1:
+                    return {"report": state["report"], "weights": state["model"]}
+        return {}
 
     def _summary(self, report: dict, meter: ThroughputMeter, wall_s: float) -> dict:
         cfg = self.cfg
         return {"name": cfg.name, "method": cfg.method.name, "dataset": cfg.data.dataset,
                 "final": {k: v for k, v in report.items() if k != "per_class"}, "best": self.best,
-                "img_per_s": meter.overall_rate(), "wall_s": wall_s, "epochs": self.history,
+                "img_per_s": distributed.sum_scalar(meter.overall_rate()), "wall_s": wall_s, "epochs": self.history,
                 "device": str(self.run.device), "amp": str(self.run.amp), "versions": versions(),
-                "switches": to_dict(cfg.method)}
+                "processes": self.world_size, "switches": to_dict(cfg.method)}
 
     def _claim_run_dir(self, overwrite: bool) -> None:
-        """A fresh run must not append to, or overwrite, another run's artefacts."""
+        """A fresh run must not append to, or overwrite, another run's artefacts, and must be able
+        to write its directory before anything is written."""
+        self._check_writable()
         held = [n for n in RUN_FILES if (self.run_dir / n).exists()]
         if not held:
             return
@@ -209,19 +324,43 @@ class Trainer:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         log.warning("--overwrite: removed %s from %s", ", ".join(held), self.run_dir)
 
+    def _check_writable(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.run_dir, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"out_dir: cannot write the run directory {self.run_dir} ({exc.strerror or exc}); "
+                              "choose a writable out_dir (out_dir=/path/with/space)") from None
+
     def _on_signal(self, signum, frame) -> None:
         log.warning("signal %d received: finishing this step, then saving last.pt", signum)
         self._stop_requested = True
 
-    # --- checkpoints ---------------------------------------------------------------------------
-    def _state(self, epoch_done: int) -> dict:
+    # --- checkpoints (fasttrain.recovery) ------------------------------------------------------
+    def _save_last(self, epoch_done: int, position: int | None = None) -> None:
+        """last.pt after `epoch_done` epochs (+ `position` steps of the next). Never after a
+        non-finite loss: the guard checks first. A collective under torchrun; rank 0 writes."""
+        self.guard.check(self._last_good)
+        state = self._state(epoch_done, position)
+        if self.rank == 0:
+            save_checkpoint(state, self.run_dir / "last.pt")
+        self.saves.saved()
+        where = f"epoch {epoch_done}" + (f", step {position}" if position is not None else "")
+        self._last_good = f"last.pt holds the last good state ({where}); continue from it with --resume"
+
+    def _state(self, epoch_done: int, position: int | None = None) -> dict:
         lr = self.learner
-        return {"model": self.model.state_dict(),
-                "optimizer": lr.optimizer.state_dict() if lr.optimizer is not None else None,
-                "scaler": lr.scaler.state_dict(), "method": self.method.state_dict(),
-                "loader": self.loader.state_dict(), "rng": rng_state(),
-                "epoch": epoch_done,  # epochs fully completed
-                "best": self.best, "history": self.history, "config": to_dict(self.cfg), "meta": self._meta()}
+        own = rank_state(self.loader, self.method, position)
+        state = {"model": self.model.state_dict(),
+                 "optimizer": lr.optimizer.state_dict() if lr.optimizer is not None else None,
+                 "scaler": lr.scaler.state_dict(), "method": own["method"], "loader": own["loader"], "rng": own["rng"],
+                 "epoch": epoch_done,  # epochs fully completed
+                 "best": self.best, "history": self.history, "config": to_dict(self.cfg), "meta": self._meta()}
+        if self.world_size > 1:  # every rank's RNG streams and loader position (see fasttrain.recovery)
+            state["ranks"] = gather_rank_states(self.loader, self.method, position)
+            state["world_size"] = self.world_size
+        return state
 
     def _meta(self) -> dict:
         """What inference needs without the training data (fasttrain predict / export)."""
@@ -234,21 +373,19 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
-        if self.learner.optimizer is not None:
-            self.learner.optimizer.load_state_dict(state["optimizer"])
-        self.learner.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state["method"])
-        self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        self._resumed_from = path
+        restore(path, state, model=self.model, learner=self.learner, method=self.method, loader=self.loader,
+                current_config=to_dict(self.cfg), dctx=self.dist)
         self.start_epoch = state["epoch"]
         self.best, self.history = state["best"], state["history"]
+        self._last_good = f"last.pt holds the last good state (epoch {self.start_epoch})"
         # metrics.jsonl holds each finished epoch once: the checkpoint's history, not what a killed
         # invocation appended after its last checkpoint.
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        tmp.replace(self.run_dir / "metrics.jsonl")
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.run_dir / "metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+            tmp.replace(self.run_dir / "metrics.jsonl")
         log.info("resumed from %s at epoch %d (step %d)", path, self.start_epoch, state["loader"].get("position", 0))
 
 
@@ -260,6 +397,15 @@ def run_training(cfg: RunConfig, resume: bool | str | Path = False, overwrite: b
     root = Path(cfg.out_dir) / cfg.name
     if resume is True and not (root / "last.pt").is_file():
         raise FileNotFoundError(f"--resume: nothing to resume in {root} (no last.pt); start without --resume")
+    joined = not distributed.active()  # this call joins a torchrun job's process group (Trainer) and leaves it
+    try:
+        return _run_stages(cfg, root, resume, overwrite)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _run_stages(cfg: RunConfig, root: Path, resume: bool | str | Path, overwrite: bool) -> dict:
     result = Trainer(cfg, root, resume=resume, overwrite=overwrite).fit()
     summaries = [result.summary]
     for i, stage in enumerate(cfg.stages):

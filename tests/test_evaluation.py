@@ -53,3 +53,44 @@ def test_per_class_csv_and_confusion_png(tmp_path):
         ("0", "n00", "150", "many", 100.0), ("1", "n01", "30", "medium", 100.0), ("2", "n02", "5", "few", 50.0)]
     plot_confusion(probs, labels, train.train_counts, tmp_path / "cm.png")
     assert (tmp_path / "cm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_several_heads_get_their_own_csv_columns_and_bars(tmp_path):
+    """GLMC (fc / fc_cb) and SSD III (hard / soft): per-class accuracy of every head in the CSV and
+    the per-class PNG, beside the reported one."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from fasttrain.data.index import LTDataset
+    from fasttrain.evaluation import head_report, heads_per_class, write_per_class_csv
+
+    train = LTDataset("toy", 3, np.array([0] * 150 + [1] * 30 + [2] * 5), np.array([150, 30, 5]),
+                      paths=[f"/d/train/c{c}/x{i}.jpg" for c, n in enumerate([150, 30, 5]) for i in range(n)])
+    labels = torch.tensor([0, 1, 2, 2])
+    fc, fc_cb = torch.tensor([0, 0, 0, 0]), torch.tensor([2, 1, 2, 2])  # fc: head class, fc_cb: tail
+    report = accuracy_report(torch.nn.functional.one_hot(fc_cb, 3).float(), labels, train.train_counts)
+    report["heads"] = {"fc": head_report(fc, labels, train.train_counts, "<20"),
+                       "fc_cb": head_report(fc_cb, labels, train.train_counts, "<20")}
+    assert report["heads"]["fc"]["per_class"] == [100.0, 0.0, 0.0]
+    assert report["heads"]["fc"]["many"] == 100.0 and report["heads"]["fc_cb"]["few"] == 100.0
+    write_per_class_csv(report, train, "<20", tmp_path / "per_class.csv")
+    rows = list(csv.DictReader(open(tmp_path / "per_class.csv")))
+    assert [(float(r["accuracy_fc"]), float(r["accuracy_fc_cb"])) for r in rows] == [(100, 0), (0, 100), (0, 100)]
+    drawn = []
+    import matplotlib.axes
+
+    real_bar = matplotlib.axes.Axes.bar
+
+    def spy(self, x, h, *a, **k):
+        drawn.append(k.get("label"))
+        return real_bar(self, x, h, *a, **k)
+
+    matplotlib.axes.Axes.bar = spy
+    try:
+        plot_per_class(report["per_class"], train.train_counts, tmp_path / "pc.png", heads=heads_per_class(report))
+    finally:
+        matplotlib.axes.Axes.bar = real_bar
+    assert drawn == ["fc (%)", "fc_cb (%)"]
+    assert (tmp_path / "pc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

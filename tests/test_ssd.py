@@ -417,17 +417,13 @@ def test_ssd_steps_do_not_sync_the_host_on_cuda(stage):
     without a host<->device sync once the batch is on the device."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bench_glmc_step import synthetic_cifar10_lt as data
-
     from fasttrain.build import build_run
+    from fasttrain.data.cifar import synthetic_cifar_lt
     from fasttrain.step import train_step
 
     method = {"name": stage, **({"queue_size": 256, "shuffle_bn_splits": 4} if stage == "ssd_stage1" else {})}
     cfg = config_from_dict({"device": "cuda", "method": method, "loader": {"backend": "tensor", "batch_size": 64}})
-    ds = data()
+    ds = synthetic_cifar_lt(10, 100.0)[0]
     run = build_run(cfg, training=True, datasets=(ds, ds))
     run.model.train()
     batches = iter(run.train_loader)

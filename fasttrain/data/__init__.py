@@ -33,11 +33,18 @@ def _build_cifar(cfg) -> tuple[LTDataset, LTDataset]:
                           d.cifar_split, cifar_split_seed(cfg))
 
 
+def _build_synthetic_cifar(cfg) -> tuple[LTDataset, LTDataset]:
+    from fasttrain.data.cifar import synthetic_cifar_lt
+
+    return synthetic_cifar_lt(10 if cfg.data.dataset == "synthetic_cifar10_lt" else 100, cfg.data.imbalance_ratio)
+
+
 def _build_list(cfg) -> tuple[LTDataset, LTDataset]:
     from fasttrain.data.lists import build_benchmark
 
     d = cfg.data
-    return build_benchmark(d.dataset, d.root, d.train_list, d.test_list, d.eval_split)
+    eval_list = d.val_list if d.eval_split == "val" else d.test_list  # each split its own list file
+    return build_benchmark(d.dataset, d.root, d.train_list, eval_list, d.eval_split)
 
 
 def _build_folder(cfg) -> tuple[LTDataset, LTDataset]:
@@ -75,7 +82,26 @@ DATASETS: dict[str, Callable[[Any], tuple[LTDataset, LTDataset]]] = {
     **{name: _build_list for name in LIST_DATASETS},
     "folder": _build_folder,
     "synthetic": _build_synthetic,
+    # random pixels with the CIFAR-LT class profile: benchmarks on machines without the data
+    "synthetic_cifar10_lt": _build_synthetic_cifar,
+    "synthetic_cifar100_lt": _build_synthetic_cifar,
 }
+
+
+def has_val_split(cfg) -> bool:
+    """Whether `cfg.data.dataset` has a validation split apart from its test split (for model
+    selection without looking at the test set): ImageNet-LT and Places-LT (their val lists), a
+    folder dataset with a val/ folder. CIFAR-LT and the synthetic corpus have none; iNat 2018's
+    only evaluation list is its val list, which is everybody's test set, so it has none either."""
+    d = cfg.data
+    if d.dataset in LIST_DATASETS:
+        from fasttrain.data.lists import SPECS
+
+        evals = SPECS[d.dataset].evals
+        return "val" in evals and evals["val"] != evals["test"]
+    if d.dataset == "folder":
+        return (Path(d.root) / "val").is_dir()
+    return False
 
 
 def build_datasets(cfg) -> tuple[LTDataset, LTDataset]:

@@ -99,3 +99,24 @@ def build_cifar_lt(root: str | Path, num_classes: int, imbalance_ratio: float, c
         if n == 0:
             raise DatasetError(f"{train.source}: class {c} is empty after LT subsampling")
     return train, test
+
+
+def synthetic_cifar_lt(num_classes: int, imbalance_ratio: float, seed: int = 0) -> tuple[LTDataset, LTDataset]:
+    """A stand-in of CIFAR-{10,100}-LT with random pixels: the real class profile (n_max 5000 or
+    500, ρ), the real balanced test-set size (10,000 images) and the real statistics. For timing
+    on machines without the data (a GPU box without network): pixel values do not change the cost
+    of a step, so the numbers are those of the real dataset; the accuracy is meaningless."""
+    n_max = 50000 // num_classes
+    counts = lt_counts(n_max, num_classes, imbalance_ratio)
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(num_classes), counts)
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if num_classes == 10 else (CIFAR100_MEAN, CIFAR100_STD)
+    train = LTDataset(name=f"synthetic_cifar{num_classes}_lt", num_classes=num_classes, labels=labels,
+                      images=rng.integers(0, 256, size=(len(labels), 32, 32, 3), dtype=np.uint8),
+                      train_counts=np.asarray(counts), mean=mean, std=std, source="synthetic",
+                      extra={"imbalance_ratio": imbalance_ratio, "synthetic": True})
+    t_labels = np.repeat(np.arange(num_classes), 10000 // num_classes)
+    test = LTDataset(name=f"synthetic_cifar{num_classes}_test", num_classes=num_classes, labels=t_labels,
+                     images=rng.integers(0, 256, size=(len(t_labels), 32, 32, 3), dtype=np.uint8),
+                     train_counts=np.asarray(counts), mean=mean, std=std, source="synthetic")
+    return train, test

@@ -152,6 +152,10 @@ class Method:
     # True (with continues_stage): the stage uses the previous model (a teacher) but trains a new
     # model of its own, which is what later stages continue and record as their base structure.
     trains_new_model: ClassVar[bool] = False
+    # Under torchrun: DDP's find_unused_parameters. False (every built-in method): each step's loss
+    # reaches every trainable parameter, and the search over the graph DDP would do costs time
+    # every step. A method whose loss skips some trainable parameters on some steps sets True.
+    ddp_find_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
         cfg.name = self.name

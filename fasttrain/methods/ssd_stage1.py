@@ -7,7 +7,7 @@ key view). One step:
 
     h = f_q(x_q);  logits = fc(h);  q = normalize(MLP_q(h))
     EMA: (f_k, MLP_k) ← m·(f_k, MLP_k) + (1 − m)·(f_q, MLP_q)        (before the keys, m = 0.999)
-    k = normalize(MLP_k(f_k(x_k)))                                     (no grad, shuffled-BN stand-in)
+    k = normalize(MLP_k(f_k(x_k)))                                     (no grad, shuffle-BN)
     L = CE(logits, y) + L_con(q, k, queue),  then the keys and labels are enqueued (FIFO)
 
 L_con is the label-aware contrastive loss of `label_queue` (τ = 0.2). The projection MLPs are
@@ -28,7 +28,8 @@ from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, Progress, register
 from fasttrain.methods.handoff import EncoderClassifier
 from fasttrain.methods.label_queue import LabeledQueue, label_aware_contrastive_loss
-from fasttrain.methods.momentum import ema_update_, key_permutation, shuffled_forward
+from fasttrain import distributed
+from fasttrain.methods.momentum import ddp_shuffled_forward, ema_update_, key_permutation, shuffled_forward
 from fasttrain.schema import ConfigError
 
 
@@ -45,7 +46,8 @@ class SSDStage1Config(MethodConfig):
     label_aware: bool = True  # same-class queue entries removed from the negatives (false: plain MoCo)
     queue_init_label: int = 0  # label of the initial random queue entries (code: 0); -1 = no class
     # One-process stand-in for shuffle-BN: keys are encoded in this many shuffled sub-batches (8 =
-    # the BN batch of an 8-GPU run); 1 = the whole batch at once (no shuffling). DDP will do the real one.
+    # the BN batch of an 8-GPU run); 1 = the whole batch at once (no shuffling). Under torchrun the
+    # real shuffle-BN runs across the ranks instead (one BN batch per rank); this key is then unused.
     shuffle_bn_splits: int = 8
 
     def validate(self) -> None:
@@ -98,7 +100,10 @@ class SSDStage1Net(nn.Module):
         q = F.normalize(self.projector(h).float(), dim=1)
         with torch.no_grad():
             key_net = lambda v: self.key_projector(self.key_backbone(v))  # noqa: E731
-            k = F.normalize(shuffled_forward(key_net, x_key, self.shuffle_bn_splits, key_perm).float(), dim=1)
+            if distributed.active():  # MoCo's shuffle-BN across ranks (key_perm permutes the global batch)
+                k = F.normalize(ddp_shuffled_forward(key_net, x_key, key_perm).float(), dim=1)
+            else:
+                k = F.normalize(shuffled_forward(key_net, x_key, self.shuffle_bn_splits, key_perm).float(), dim=1)
         return logits, q, k
 
     def query_encoder(self) -> nn.ModuleList:
@@ -152,7 +157,11 @@ class SSDStage1(Method):
             raise ValueError(f"method ssd_stage1: needs 2 views per image (query, key), got {len(batch.views)}")
         x_q, x_k = ctx.augmenter.views(batch)
         ema_update_(model.key_encoder(), model.query_encoder(), cfg.momentum)  # before the keys (code)
-        perm = key_permutation(batch.size, self.key_generator, x_k.device) if cfg.shuffle_bn_splits > 1 else None
+        world = distributed.world_size()
+        if world > 1:  # one permutation of the global batch, the same on every rank (same generator seed)
+            perm = key_permutation(batch.size * world, self.key_generator, x_k.device)
+        else:
+            perm = key_permutation(batch.size, self.key_generator, x_k.device) if cfg.shuffle_bn_splits > 1 else None
         logits, q, k = model(x_q, x_k, perm)
         loss_ce = soft_target_cross_entropy(logits, y_a=batch.labels, impl=ctx.loss_impl)
         queue = model.queue
@@ -160,7 +169,9 @@ class SSDStage1(Method):
         # what the backward of q·queue needs (MoCo clones the queue for the same reason).
         loss_con = label_aware_contrastive_loss(q, k, queue.keys.clone(), queue.labels, batch.labels,
                                                 cfg.temperature, cfg.label_aware)
-        queue.enqueue(k, batch.labels)
+        # Every rank enqueues the keys and labels of the whole global batch (rank order), so the queues
+        # stay identical across ranks, as MoCo's concat_all_gather before _dequeue_and_enqueue.
+        queue.enqueue(distributed.all_gather_equal(k), distributed.all_gather_equal(batch.labels))
         loss = loss_ce + cfg.contrastive_weight * loss_con
         return loss, {"loss": loss.detach(), "loss_ce": loss_ce.detach(), "loss_con": loss_con.detach()}
 

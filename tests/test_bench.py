@@ -1,0 +1,297 @@
+"""`fasttrain bench`: the suites run and write valid reports; the GPU one-shot command keeps its
+budget and file limits; the CPU speed switches (amp auto, channels_last) do what they say."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fasttrain.bench import SUITES
+from fasttrain.bench import gpu as G
+from fasttrain.bench import harness as H
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _fasttrain(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "fasttrain.cli", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# --- harness ---------------------------------------------------------------------------------
+
+
+def test_spread_is_median_and_20_80_percentiles():
+    s = H.spread([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["median"], s["p20"], s["p80"], s["n"]) == (3.0, 1.8, 4.2, 5)
+    assert H.spread([7.0])["p20"] == H.spread([7.0])["p80"] == 7.0
+
+
+def test_device_slug_names_the_cpu_model(monkeypatch):
+    monkeypatch.setattr(H, "cpu_model", lambda: "Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz")
+    assert H.device_slug(torch.device("cpu")) == "cpu-intel-xeon-platinum-8480c"
+
+
+def test_validate_report_names_what_is_missing():
+    good = {"suite": "x", "device": {"name": "cpu"}, "versions": {}, "config": {},
+            "results": [H.row("a", [1.0, 2.0], "ms"), {"name": "b", "skipped": "no DALI"}]}
+    assert H.validate_report(good) == []
+    bad = {**good, "results": [{"name": "a", "unit": "ms", "median": 1.0}]}
+    assert H.validate_report(bad) == ["results[0].p20", "results[0].p80", "results[0].n"]
+
+
+def test_round_robin_alternates_and_drops_warmup():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = H.round_robin(fns, torch.device("cpu"), reps=2, warmup=1)
+    assert calls == ["a", "b", "a", "b", "a", "b"] and [len(v) for v in times.values()] == [2, 2]
+
+
+def test_every_suite_is_listed_with_its_description(capsys):
+    from fasttrain.bench import main, suite_module
+    from fasttrain.cli import main as cli_main
+
+    assert cli_main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name in SUITES:
+        assert f"{name:<9} {suite_module(name).DESCRIPTION}" in out
+    with pytest.raises(SystemExit, match="unknown suite 'nope'"):
+        main(["nope"])
+
+
+# --- the GPU one-shot command ----------------------------------------------------------------
+
+
+def test_outbox_keeps_at_most_8_files_of_at_most_16_mib(tmp_path):
+    box = G.Outbox(tmp_path / "out")
+    for i in range(9):
+        box.put(f"f{i}.json", b"{}")
+    assert box.put("f0.json", b"{ }")  # rewriting a file already there is always allowed
+    assert not box.put("big.json", b"x" * (G.MAX_FILE_BYTES + 1))
+    assert len(list((tmp_path / "out").iterdir())) == 8 and len(box.left_out) == 2
+
+
+def test_a_part_that_overruns_is_killed_and_recorded(tmp_path):
+    part = G.Part("sleepy", ["-c", "import time; time.sleep(60)"], 1.0)
+    res = G.run_part(part, 1.0, tmp_path, tmp_path / "sleepy.log")
+    assert res["status"] == "timeout" and res["returncode"] is None and res["elapsed_s"] < 15
+
+
+def test_gpu_dry_run_runs_every_part_and_writes_valid_reports(tmp_path):
+    """The exact command of the GPU session, on the CPU at tiny sizes: every suite part succeeds,
+    its report has the required fields, the chart exists, the output folder holds ≤ 8 files."""
+    out = tmp_path / "out"
+    res = _fasttrain("bench", "gpu", "--dry-run", "--out", str(out), "--budget-s", "400", timeout=450)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "gpu_summary.json").read_text())
+    assert [p["name"] for p in summary["parts"]] == [p.name for p in G.parts(True)]
+    assert all(p["status"] == "ok" for p in summary["parts"]), [(p["name"], p.get("output_tail", "")[-800:])
+                                                                 for p in summary["parts"] if p["status"] != "ok"]
+    files = sorted(f.name for f in out.iterdir())
+    assert len(files) <= G.MAX_FILES and "pytest_gpu.log" in files
+    for name in ("kernels", "step", "step_cuda_graphs", "train", "loaders"):
+        report = summary["reports"][name]
+        assert H.validate_report(report) == [], name
+        assert any("median" in r for r in report["results"]), name
+        assert report["device"]["name"] and report["versions"]["torch"] == torch.__version__
+        assert report["config"]["dry_run"] is True
+        assert summary["parts"][[p["name"] for p in summary["parts"]].index(name)]["png_bytes"] > 1000
+    assert any(f.startswith("step_") and f.endswith(".png") for f in files)
+    step = summary["reports"]["step"]
+    assert {r["name"] for r in step["results"]} == {"loader", "ceiling", "data_only"}
+    by = {r["name"]: r for r in step["results"]}  # one sample each in a dry run: only the definition holds
+    assert step["loader_efficiency"] == pytest.approx(by["loader"]["median"] / by["ceiling"]["median"])
+    assert summary["reports"]["train"]["extrapolation"]["full_run_s"] > 0
+
+
+# --- the official suite ----------------------------------------------------------------------
+
+# A stand-in for a checkout of github.com/ynu-yangpeng/GLMC with the two modules the suite imports,
+# their interfaces only (resnet32(num_class) -> forward(x, train) -> 4 outputs; GLMC_mixed's
+# signature and six outputs). Written here, not shipped: the real code is never in this repository.
+FAKE_MODEL = '''
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc, self.fc_cb = nn.Linear(8, num_classes), nn.Linear(8, num_classes)
+        self.projection_head, self.contrast_head = nn.Linear(8, 4), nn.Linear(4, 4)
+
+    def forward(self, x, train=False):
+        f = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1).flatten(1)
+        if not train:
+            return self.fc_cb(f)
+        z = self.projection_head(f)
+        return self.fc(f), self.fc_cb(f), z, self.contrast_head(z)
+
+
+def resnet32(num_class=10):
+    return TinyNet(num_class)
+'''
+FAKE_UTIL = '''
+import numpy as np
+
+
+def GLMC_mixed(org1, org2, invs1, invs2, label_org, label_invs, label_org_w, label_invs_w, alpha=1):
+    lam = np.random.beta(alpha, alpha)
+    mix = lam * org1 + (1 - lam) * invs1
+    org2[:, :, :8, :8] = invs2[:, :, :8, :8]
+    y = lam * label_org + (1 - lam) * label_invs
+    y_w = lam * label_org_w + (1 - lam) * label_invs_w
+    return mix, org2, y, y, y_w, y_w
+'''
+
+
+def fake_official_dir(root: Path) -> Path:
+    for rel, text in (("GLMC-2023/model/__init__.py", ""), ("GLMC-2023/model/ResNet_cifar.py", FAKE_MODEL),
+                      ("GLMC-2023/utils/__init__.py", ""), ("GLMC-2023/utils/util.py", FAKE_UTIL)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text))
+    return root
+
+
+@pytest.fixture
+def official_modules_restored():
+    """The official code's generic package names (`model`, `utils`) leave sys.modules afterwards."""
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("model", "utils", "imbalance_data"):
+            del sys.modules[name]
+
+
+def test_official_suite_dry_run_against_a_fake_checkout(tmp_path, official_modules_restored):
+    """Alternating official / fasttrain steps in one process: every configuration times, the
+    speed-ups are against the official row, the report is valid and charted."""
+    from fasttrain.bench import main
+
+    official = fake_official_dir(tmp_path / "glmc")
+    rc = main(["official", "--dry-run", "--device", "cpu", "--official-dir", str(official),
+               "--configs", "official,fp32,fp32_nchw,bf32,bf16", "--out-dir", str(tmp_path / "res")])
+    assert rc == 0
+    (path,) = (tmp_path / "res").glob("official_*.json")
+    report = json.loads(path.read_text())
+    assert H.validate_report(report) == []
+    assert [r["name"] for r in report["results"]] == ["official", "fp32", "fp32_nchw", "bf32", "bf16"]
+    assert report["speedup_vs_official"]["official"] == 1.0
+    setups = report["config"]["fasttrain_configs"]
+    assert setups["fp32_nchw"]["channels_last"] is False and setups["bf16"]["amp"] == "bfloat16"
+    assert setups["bf32"]["onednn_fp32_precision"] == "bf16"
+    assert path.with_suffix(".png").stat().st_size > 1000
+
+
+def test_official_suite_refuses_without_a_checkout(tmp_path, capsys):
+    from fasttrain.bench import main
+
+    with pytest.raises(SystemExit, match="--official-dir is required"):
+        main(["official", "--dry-run", "--device", "cpu"])
+    assert main(["official", "--device", "cpu", "--official-dir", str(tmp_path)]) == 2
+    assert "no model/ResNet_cifar.py" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_official_suite_on_the_real_checkout(tmp_path):
+    """With FASTTRAIN_GLMC_OFFICIAL=<checkout of github.com/ynu-yangpeng/GLMC>: its real model
+    and mixing import and step on the CPU."""
+    official = os.environ.get("FASTTRAIN_GLMC_OFFICIAL")
+    if not official:
+        pytest.skip("set FASTTRAIN_GLMC_OFFICIAL to a checkout of github.com/ynu-yangpeng/GLMC")
+    res = _fasttrain("bench", "official", "--dry-run", "--device", "cpu", "--official-dir", official,
+                     "--configs", "official,fp32", "--out-dir", str(tmp_path), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_loader_suite_with_every_backend_dry_run(tmp_path):
+    """DALI and FFCV rows and their decode-only ceilings (slow: FFCV's numba compilation)."""
+    res = _fasttrain("bench", "loaders", "--dry-run", "--device", "cpu", "--root", str(tmp_path / "corpus"),
+                     "--out-dir", str(tmp_path / "res"), timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (path,) = (tmp_path / "res").glob("loaders_*.json")
+    report = json.loads(path.read_text())
+    assert H.validate_report(report) == []
+    names = {r["name"] for r in report["results"] if "median" in r}
+    assert {"torch/views1", "tensor/views2", "official_pil/views1", "torch_decode_only"} <= names
+
+
+# --- the CPU speed switches ------------------------------------------------------------------
+
+
+def test_amp_auto_policy_is_bf16_on_cuda_and_on_native_bf16_cpus(monkeypatch):
+    from fasttrain import environment as E
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert E.auto_amp(cuda) is torch.bfloat16
+    assert E.auto_amp(cpu, flags={"avx512f", "avx512_bf16"}) is torch.bfloat16
+    assert E.auto_amp(cpu, flags={"amx_bf16", "amx_tile"}) is torch.bfloat16
+    assert E.auto_amp(cpu, flags={"avx512f", "avx2"}) is None  # emulated bf16 does not count
+    monkeypatch.setattr(E, "CPU_AUTO_BF16", False)
+    assert E.auto_amp(cpu, flags={"avx512_bf16"}) is None
+    assert E.amp_dtype("fp32", cpu) is None and E.amp_dtype("fp32", cuda) is None  # the strict switch
+
+
+def _first_conv_formats(channels_last, method: str, amp: str = "fp32") -> list[tuple[bool, bool, bool]]:
+    """(input contiguous NCHW, input channels_last, weight channels_last) at the first conv, for a
+    training step and an evaluation pass of a run built with `model.channels_last`."""
+    from helpers import lt_arrays
+
+    from fasttrain.build import build_run
+    from fasttrain.config import config_from_dict
+    from fasttrain.evaluation import evaluate
+    from fasttrain.methods import Progress
+    from fasttrain.step import train_step
+
+    ds = lt_arrays()
+    cfg = config_from_dict({"device": "cpu", "method": {"name": method}, "model": {"arch": "resnet32",
+                            "channels_last": channels_last}, "loader": {"backend": "tensor", "batch_size": 6,
+                            "eval_batch_size": 64}, "train": {"amp": amp}}, "test")
+    run = build_run(cfg, training=True, datasets=(ds, ds))
+    conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    conv.register_forward_pre_hook(lambda m, inp: seen.append((
+        inp[0].is_contiguous(), inp[0].is_contiguous(memory_format=torch.channels_last),
+        m.weight.is_contiguous(memory_format=torch.channels_last))))
+    run.train_loader.set_epoch(0)
+    train_step(run.learner, next(iter(run.train_loader)), Progress(0, 1))
+    evaluate(run)
+    return seen
+
+
+@pytest.mark.parametrize("method", ["ce", "glmc"])  # the views path and the mixing path
+def test_channels_last_false_gives_nchw_inputs_and_weights_to_the_backbone(method):
+    seen = _first_conv_formats(False, method)
+    assert seen and all(nchw and not w_cl for nchw, _, w_cl in seen)
+
+
+@pytest.mark.parametrize("method", ["ce", "glmc"])
+def test_channels_last_true_gives_nhwc_inputs_and_weights(method):
+    seen = _first_conv_formats(True, method, amp="bf16")
+    assert seen and all(cl and w_cl and not nchw for nchw, cl, w_cl in seen)
+
+
+def test_channels_last_auto_follows_the_per_device_table(monkeypatch):
+    from fasttrain import environment as E
+
+    monkeypatch.setitem(E.AUTO_CHANNELS_LAST, "cpu", False)
+    assert all(nchw for nchw, _, _ in _first_conv_formats("auto", "ce"))
+    monkeypatch.setitem(E.AUTO_CHANNELS_LAST, "cpu", True)
+    assert all(cl for _, cl, _ in _first_conv_formats("auto", "ce"))
+
+
+def test_channels_last_rejects_other_values():
+    from fasttrain.config import config_from_dict
+    from fasttrain.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="model.channels_last"):
+        config_from_dict({"model": {"channels_last": "nhwc"}}, "test")

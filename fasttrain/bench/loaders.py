@@ -229,7 +229,9 @@ def run(args, argv) -> dict:
                         "workers_or_threads": args.workers, "reps": reps, "warmup_excluded": 1,
                         "sampler": "instance", "only": only, "dry_run": args.dry_run}
     report["targets"] = loader_targets(report["results"])
-    return H.save_report(report, args.out_dir, device, args.tag)
+    # One corpus alone gets it in the file name, so a cifar run does not overwrite a jpeg one.
+    tag = args.tag or (next(iter(corpora)) if len(corpora) == 1 else "")
+    return H.save_report(report, args.out_dir, device, tag)
 
 
 def loader_targets(rows: list[dict]) -> dict:

@@ -52,12 +52,15 @@ class TauNormConfig(HeadRetrainConfig):
 
 
 def tau_normalized_logits(features: torch.Tensor, head: nn.Linear, tau: float, keep_bias: bool) -> torch.Tensor:
-    """f · (w_c / ‖w_c‖^τ) (+ b_c when kept), fp32."""
-    w = head.weight.float()
-    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
-    logits = features.float() @ w.t()
-    if keep_bias and head.bias is not None:
-        logits = logits + head.bias.float()
+    """f · (w_c / ‖w_c‖^τ) (+ b_c when kept), fp32 — with autocast off, so the evaluation (which runs
+    under the run's bf16 autocast) computes the same logits as the calibration (outside autocast):
+    otherwise the chosen τ would be scored on other numbers than it is evaluated with."""
+    with torch.autocast(features.device.type, enabled=False):
+        w = head.weight.float()
+        w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12).pow(tau)
+        logits = features.float() @ w.t()
+        if keep_bias and head.bias is not None:
+            logits = logits + head.bias.float()
     return logits
 
 

@@ -104,3 +104,18 @@ class TinyBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.lin(x.float().flatten(1))
         return torch.relu(self.bn(h) if self.bn is not None else h)
+
+
+# --- trainer interruption -----------------------------------------------------------------------
+
+def after_step_at(trainer, epoch: int, step: int, action) -> None:
+    """Run `action()` right after the trainer's step `step` (0-based) of epoch `epoch` — e.g. ask for
+    the clean stop a signal would, or send the signal itself — to test mid-epoch checkpoints."""
+    original = trainer.method.after_step
+
+    def hooked(model, progress):
+        original(model, progress)
+        if progress.epoch == epoch and progress.step == step:
+            action()
+
+    trainer.method.after_step = hooked

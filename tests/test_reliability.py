@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import after_step_at
 
 from fasttrain.checkpoint import CheckpointError, load_checkpoint
 from fasttrain.config import load_config
@@ -94,14 +95,7 @@ def test_resumed_metrics_hold_each_epoch_once(tmp_path):
 def test_ctrl_c_saves_at_the_next_step_and_exits_cleanly(tmp_path):
     cfg = tiny(tmp_path, "train.epochs=3", "train.max_steps_per_epoch=4")
     trainer = Trainer(cfg, tmp_path / "runs" / "int")
-    original = trainer.method.after_step
-
-    def interrupt_at_step_2_of_epoch_1(model, progress):
-        original(model, progress)
-        if progress.epoch == 1 and progress.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
-
-    trainer.method.after_step = interrupt_at_step_2_of_epoch_1
+    after_step_at(trainer, 1, 1, lambda: os.kill(os.getpid(), signal.SIGINT))  # what Ctrl-C sends, after step 2
     with pytest.raises(SystemExit) as exc:
         trainer.fit()
     assert exc.value.code == 143

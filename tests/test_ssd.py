@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from helpers import TinyBackbone, method_context
+from helpers import TinyBackbone, after_step_at, method_context
 
 from fasttrain.batch import Batch
 from fasttrain.config import ConfigError, config_from_dict, load_config, stage_config, to_dict
@@ -387,14 +387,7 @@ def test_sigterm_mid_stage1_then_resume_is_bit_exact(cifar10_root, tmp_path, mon
         ref = Trainer(cfg, tmp_path / "ref")
         ref.fit()
         cut = Trainer(cfg, tmp_path / "cut")
-        original = cut.method.after_step
-
-        def stop_after_step_2_of_epoch_1(model, progress):
-            original(model, progress)
-            if progress.epoch == 1 and progress.step == 1:
-                cut._stop_requested = True
-
-        cut.method.after_step = stop_after_step_2_of_epoch_1
+        after_step_at(cut, 1, 1, lambda: setattr(cut, "_stop_requested", True))  # stop after step 2 of epoch 1
         with pytest.raises(SystemExit):
             cut.fit()
         state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import after_step_at
 
 from fasttrain.config import load_config
 from fasttrain.trainer import run_training
@@ -87,14 +88,7 @@ def test_sigterm_mid_epoch_then_resume_is_bit_exact(cifar10_root, tmp_path):
     ref.fit()
 
     cut = Trainer(cfg, tmp_path / "cut")
-    original = cut.method.after_step
-
-    def stop_at_step_3_of_epoch_1(model, progress):
-        original(model, progress)
-        if progress.epoch == 1 and progress.step == 2:
-            cut._stop_requested = True
-
-    cut.method.after_step = stop_at_step_3_of_epoch_1
+    after_step_at(cut, 1, 2, lambda: setattr(cut, "_stop_requested", True))  # stop at step 3 of epoch 1
     import pytest
 
     with pytest.raises(SystemExit):

@@ -108,6 +108,7 @@ class LoaderConfig:
     ffcv_quasi_random: bool = False  # ffcv: page-local reordering of each stream (same samples per epoch)
     ffcv_batches_ahead: int = 3  # ffcv: batches decoded ahead
     ffcv_fast_dct: bool = False  # ffcv: fast integer IDCT (FFCV's choice; ~0.8 levels darker) vs accurate
+    ffcv_resize: str = "auto"  # ffcv: auto (bilinear up to 2x downscale, INTER_AREA beyond) | linear | area
 
 
 @dataclass
@@ -231,6 +232,7 @@ CHOICES = {
     "train.amp": ["auto", "bf16", "fp16", "fp32"],
     "train.select_on": ["auto", "val", "test", "last"],
     "model.channels_last": ["auto", True, False],
+    "loader.ffcv_resize": ["auto", "linear", "area"],
     "log.wandb_mode": ["online", "offline", "disabled"],
 }
 

@@ -141,7 +141,8 @@ class FfcvLoader(LoaderBackend):
         workers = loader.ffcv_workers or _cpu_count()
         crops = [(tuple(a.rrc_scale), tuple(a.rrc_ratio), bool(a.flip)) for a in per_view][:decoded]
         decoder = pipe.ViewsDecoder(kind, decoded, hw, seed=self.seed, crops=crops,
-                                    eval_resize=int(augment.eval_resize), fast_dct=bool(loader.ffcv_fast_dct))
+                                    eval_resize=int(augment.eval_resize), fast_dct=bool(loader.ffcv_fast_dct),
+                                    resize=str(loader.ffcv_resize))
         self._order = pipe.SamplerOrder(np.zeros(0, np.uint64))  # each epoch's rows, set in __iter__
         self._ffcv, self._check = pipe.build(str(self.path), self.stream_batch * self.num_streams, decoder,
                                              self._order, device=self.device, workers=workers,

@@ -5,7 +5,7 @@
   never decides an order itself.
 - `ViewsDecoder`: the decoder for FFCV's RGBImageField. Per row it decodes the image ONCE
   (libjpeg-turbo, accurate IDCT unless `fast_dct`; or the raw pixels) and resamples every view
-  from it (FFCV's OpenCV `resize`, INTER_AREA): a RandomResizedCrop window (torchvision's
+  from it (`resize`: bilinear, or FFCV's OpenCV INTER_AREA, see `_resample`): a RandomResizedCrop window (torchvision's
   algorithm: 10 tries of area ~ U(scale), log-ratio ~ U(log ratio), then the clamped centre
   crop) + flip for training, Resize(eval_resize) -> CenterCrop(crop) for evaluation, or the
   image as it is (in-memory arrays). The views of a row are written side by side in one row.
@@ -50,6 +50,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor
 
 IDENTITY, CENTER, RRC = 0, 1, 2  # what a view is: the stored image, the eval window, a random crop
+RESIZE_MODES = {"auto": 0, "linear": 1, "area": 2}  # loader.ffcv_resize
 _JPG = IMAGE_MODES["jpg"]
 
 
@@ -158,8 +159,58 @@ def _decode_jpeg(src, size, h, w, fast_dct):
     return img, ok
 
 
+_ONE = 2048  # bilinear weights in 11-bit fixed point (OpenCV's INTER_LINEAR precision)
+
+
 @nb.njit(nogil=True)
-def _center_view(img, h, w, resize, crop, dst):
+def _resize_linear(img, w, top, left, ch, cw, dst, oh, ow):
+    """Bilinear resize of the window [top, top+ch) x [left, left+cw) of an RGB image `w` pixels
+    wide into dst (oh x ow x 3), half-pixel centres (OpenCV INTER_LINEAR, torchvision bilinear
+    with antialias=False, within 1 grey level). Separable and integer: each output row blends
+    two source rows over the window (a contiguous loop numba vectorises), then two columns;
+    2-3x faster than FFCV's INTER_AREA on a 400x500 -> 224 window."""
+    xo = np.empty(ow, np.int64)
+    wx = np.empty(ow, np.int32)
+    sx, sy = cw / ow, ch / oh
+    for j in range(ow):
+        fx = max((j + 0.5) * sx - 0.5, 0.0)
+        ix = min(int(fx), cw - 1)
+        xo[j] = 3 * ix
+        wx[j] = np.int32(round((fx - ix) * _ONE)) if ix < cw - 1 else 0
+    n = 3 * cw
+    line = np.empty(n + 3, np.int32)  # + one pixel: the right neighbour of the last column
+    for i in range(oh):
+        fy = max((i + 0.5) * sy - 0.5, 0.0)
+        iy = min(int(fy), ch - 1)
+        wy = np.int32(round((fy - iy) * _ONE)) if iy < ch - 1 else np.int32(0)
+        wy0 = np.int32(_ONE) - wy
+        r0 = ((top + iy) * w + left) * 3
+        r1 = ((top + min(iy + 1, ch - 1)) * w + left) * 3
+        for q in range(n):
+            line[q] = np.int32(img[r0 + q]) * wy0 + np.int32(img[r1 + q]) * wy
+        line[n], line[n + 1], line[n + 2] = line[n - 3], line[n - 2], line[n - 1]
+        o = 3 * i * ow
+        for j in range(ow):
+            a, f = xo[j], wx[j]
+            f0 = np.int32(_ONE) - f
+            for k in range(3):
+                v = line[a + k] * f0 + line[a + 3 + k] * f  # <= 255 * 2^22: fits int32
+                dst[o + 3 * j + k] = np.uint8((v + np.int32(1 << 21)) >> 22)
+
+
+@nb.njit(nogil=True)
+def _resample(img, h, w, top, left, ch, cw, dst, oh, ow, mode):
+    """Window -> (oh, ow). mode (RESIZE_MODES) auto: bilinear while the window is at most twice
+    the output on both axes (two taps then reach every source pixel, so skipping no detail),
+    INTER_AREA beyond (bilinear would alias); linear: always bilinear; area: always INTER_AREA."""
+    if mode == 1 or (mode == 0 and ch <= 2 * oh and cw <= 2 * ow):
+        _resize_linear(img, w, top, left, ch, cw, dst, oh, ow)
+    else:
+        ctypes_resize(0, img.ctypes.data, h, w, top, top + ch, left, left + cw, dst.ctypes.data, oh, ow)
+
+
+@nb.njit(nogil=True)
+def _center_view(img, h, w, resize, crop, dst, mode):
     """Resize(resize) of the whole image, then its centre crop: the same geometry as torchvision
     (a fractional source window rounded to pixels would shift the content by up to half a pixel)."""
     short, long_ = min(h, w), max(h, w)
@@ -168,10 +219,10 @@ def _center_view(img, h, w, resize, crop, dst):
     top = int(np.rint((nh - crop) / 2.0))
     left = int(np.rint((nw - crop) / 2.0))
     if top < 0 or left < 0:  # eval_resize < crop_size: resize the image to the crop instead
-        ctypes_resize(0, img.ctypes.data, h, w, 0, h, 0, w, dst.ctypes.data, crop, crop)
+        _resample(img, h, w, 0, 0, h, w, dst, crop, crop, mode)
         return
     tmp = np.empty(nh * nw * 3, np.uint8)
-    ctypes_resize(0, img.ctypes.data, h, w, 0, h, 0, w, tmp.ctypes.data, nh, nw)
+    _resample(img, h, w, 0, 0, h, w, tmp, nh, nw, mode)
     for r in range(crop):
         a = ((top + r) * nw + left) * 3
         dst[r * crop * 3:(r + 1) * crop * 3] = tmp[a:a + crop * 3]
@@ -181,11 +232,12 @@ def _center_view(img, h, w, resize, crop, dst):
 def _decode_rows(buf, offsets, sizes, modes, heights, widths, keys, out, ints, floats):
     """Decode each row once, write `num_views` resampled views + a status byte into out[k].
 
-    ints = [kind, views, out_h, out_w, eval_resize, fast_dct, flip of view 0, 1, ...], floats =
+    ints = [kind, views, out_h, out_w, eval_resize, fast_dct, resize mode, flip of view 0, 1, ...], floats =
     per view (scale lo, scale hi, ratio lo, ratio hi). Settings come as arrays, not scalars:
     constants of the calling closure would reach numba as literal types and compile one kernel
     per configuration."""
     kind, num_views, out_h, out_w, eval_resize, fast_dct = ints[0], ints[1], ints[2], ints[3], ints[4], ints[5] != 0
+    mode = ints[6]
     n = len(offsets)
     vsize = out_h * out_w * 3
     for k in nb.prange(n):
@@ -207,15 +259,14 @@ def _decode_rows(buf, offsets, sizes, modes, heights, widths, keys, out, ints, f
             if kind == IDENTITY:
                 dst[:] = img[:vsize]
             elif kind == CENTER:
-                _center_view(img, h, w, eval_resize, out_h, dst)
+                _center_view(img, h, w, eval_resize, out_h, dst, mode)
             else:
-                # per view: scale range, ratio range (floats[4v:4v+4]) and flip (ints[6+v])
+                # per view: scale range, ratio range (floats[4v:4v+4]) and flip (ints[7+v])
                 ratio_lo, ratio_hi = floats[4 * v + 2], floats[4 * v + 3]
                 top, left, ch, cw = rrc_window(h, w, keys[k], v, floats[4 * v], floats[4 * v + 1], np.log(ratio_lo),
                                                np.log(ratio_hi), ratio_lo, ratio_hi)
-                ctypes_resize(0, img.ctypes.data, h, w, top, top + ch, left, left + cw, dst.ctypes.data,
-                              out_h, out_w)
-                if ints[6 + v] != 0 and _uniform(keys[k], v * 64 + 63) < 0.5:
+                _resample(img, h, w, top, left, ch, cw, dst, out_h, out_w, mode)
+                if ints[7 + v] != 0 and _uniform(keys[k], v * 64 + 63) < 0.5:
                     _flip_rows(dst, out_h, out_w)
         row[num_views * vsize] = status
 
@@ -231,7 +282,8 @@ class ViewsDecoder(Operation):
     Output per row: uint8 [views × out_h × out_w × 3 | status], flat."""
 
     def __init__(self, kind: int, num_views: int, out_hw: tuple[int, int] | None, *, seed: int,
-                 crops: list[tuple] | None = None, eval_resize: int = 256, fast_dct: bool = False):
+                 crops: list[tuple] | None = None, eval_resize: int = 256, fast_dct: bool = False,
+                 resize: str = "auto"):
         """crops: per view (scale range, ratio range, flip) of its RandomResizedCrop (kind RRC)."""
         super().__init__()
         self.kind = kind
@@ -244,6 +296,9 @@ class ViewsDecoder(Operation):
             raise ValueError(f"ViewsDecoder: {len(self.crops)} crop settings for {num_views} views")
         self.eval_resize = int(eval_resize)
         self.fast_dct = bool(fast_dct)
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"ViewsDecoder: resize {resize!r} is not one of {sorted(RESIZE_MODES)}")
+        self.resize = resize
 
     def declare_state_and_memory(self, previous_state: State):
         heights, widths = self.metadata["height"], self.metadata["width"]
@@ -261,7 +316,8 @@ class ViewsDecoder(Operation):
     def generate_code(self):
         mem_read = self.memory_read
         out_h, out_w = self.out_hw
-        ints = np.array([self.kind, self.num_views, out_h, out_w, self.eval_resize, self.fast_dct]
+        ints = np.array([self.kind, self.num_views, out_h, out_w, self.eval_resize, self.fast_dct,
+                         RESIZE_MODES[self.resize]]
                         + [fl for _, _, fl in self.crops], np.int64)
         floats = np.array([x for sc, ra, _ in self.crops for x in (*sc, *ra)], np.float64)
         seed = np.uint64(self.seed)

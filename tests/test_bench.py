@@ -178,12 +178,15 @@ def test_official_suite_dry_run_against_a_fake_checkout(tmp_path, official_modul
 
     official = fake_official_dir(tmp_path / "glmc")
     rc = main(["official", "--dry-run", "--device", "cpu", "--official-dir", str(official),
-               "--configs", "official,fp32,fp32_nchw,bf32,bf16", "--out-dir", str(tmp_path / "res")])
+               "--configs", "official,fp32,fp32_nchw,bf32,bf16,convs_bf16", "--out-dir", str(tmp_path / "res")])
     assert rc == 0
     (path,) = (tmp_path / "res").glob("official_*.json")
     report = json.loads(path.read_text())
     assert H.validate_report(report) == []
-    assert [r["name"] for r in report["results"]] == ["official", "fp32", "fp32_nchw", "bf32", "bf16"]
+    assert [r["name"] for r in report["results"]] == ["official", "fp32", "fp32_nchw", "bf32", "bf16", "convs_bf16"]
+    # the conv-only ceiling: both forwards' 31 convolutions of the (dry-run, narrow) ResNet-32
+    assert report["config"]["fasttrain_configs"]["convs_bf16"]["conv_calls"] == 2 * 31
+    assert report["targets"]["best_bf16_vs_official"]["ceiling_convs_only"] > 0
     assert report["speedup_vs_official"]["official"] == 1.0
     setups = report["config"]["fasttrain_configs"]
     assert setups["fp32_nchw"]["channels_last"] is False and setups["bf16"]["amp"] == "bfloat16"

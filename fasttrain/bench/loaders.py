@@ -130,6 +130,7 @@ def candidates(kind: str, ds, sampler, args, device: torch.device, beton_dir: Pa
     if kind == "jpeg":
         out["dali_cpu_no_antialias"] = lambda v: backend("dali", v, dali_antialias=False)
         out["ffcv_fast_dct"] = lambda v: backend("ffcv", v, ffcv_fast_dct=True)
+        out["ffcv_area"] = lambda v: backend("ffcv", v, ffcv_resize="area")  # FFCV's own resampling
     if "dali" in out and device.type == "cuda":
         out["dali_gpu"] = out["dali"]
         out["dali"] = lambda v: backend("dali", v, dev=torch.device("cpu"))  # DALI's CPU pipeline

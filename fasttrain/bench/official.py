@@ -28,8 +28,13 @@ official step, one sample of each per round):
 - fp32_fuse: `method.fuse_two_forwards=true` (one 2B forward; changes BN statistics);
 - bf32: fp32 weights with oneDNN's bf16 convolutions / matmuls
   (`torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16"`, set only around its own steps);
-- bf16: `train.amp=bf16` autocast; bf16_nchw; bf16_compile;
-- auto: the defaults (`train.amp=auto`, `model.channels_last=auto`) — what a user gets here.
+- bf16: `train.amp=bf16` autocast; bf16_nchw; bf16_compile; bf16_fuse (one 2B forward);
+  bf16_fuse_compile;
+- auto: the defaults (`train.amp=auto`, `model.channels_last=auto`) — what a user gets here;
+- convs_fp32 / convs_bf16: not a step — only the convolutions of one fasttrain step (every
+  Conv2d call of both forwards, on the shapes it sees, forward + input and weight gradients,
+  channels-last, operands already in that dtype). No step of that precision can be faster, so
+  official ÷ convs_bf16 is the ceiling of any bf16 speed-up on this CPU.
 
     fasttrain bench official --official-dir /tmp/glmc_official [--reps 5] [--configs official,fp32,bf16]
 """
@@ -59,9 +64,13 @@ FASTTRAIN_CONFIGS: dict[str, tuple[list[str], str | None]] = {
     "bf16": (["train.amp=bf16", "model.channels_last=true"], None),
     "bf16_nchw": (["train.amp=bf16", "model.channels_last=false"], None),
     "bf16_compile": (["train.amp=bf16", "model.channels_last=true", "train.compile=true"], None),
+    "bf16_fuse": (["train.amp=bf16", "model.channels_last=true", "method.fuse_two_forwards=true"], None),
+    "bf16_fuse_compile": (["train.amp=bf16", "model.channels_last=true", "method.fuse_two_forwards=true",
+                           "train.compile=true"], None),
     "auto": ([], None),
 }
-DEFAULT_CONFIGS = ["official", *FASTTRAIN_CONFIGS]
+CONV_CEILINGS = {"convs_fp32": torch.float32, "convs_bf16": torch.bfloat16}
+DEFAULT_CONFIGS = ["official", *FASTTRAIN_CONFIGS, *CONV_CEILINGS]
 # The recipe's values the official command line passes (README "Training", CIFAR-10-LT ρ100).
 OFFICIAL_ARGS = {"lr": 0.01, "weight_decay": 5e-3, "label_weighting": 1.2, "contrast_weight": 1.0, "beta": 1.0,
                  "epochs": 200, "num_classes": 10}
@@ -215,6 +224,38 @@ def fasttrain_step(overrides: list[str], precision: str | None, device: torch.de
     return run, step
 
 
+def conv_calls(device: torch.device, batch: int, data: str, dry_run: bool) -> list[tuple[torch.nn.Conv2d, tuple]]:
+    """(module, input shape) of every Conv2d call in one fasttrain step of the recipe (both forwards)."""
+    run, step = fasttrain_step(["train.amp=fp32", "model.channels_last=true"], None, device, batch, data, dry_run)
+    calls: list[tuple[torch.nn.Conv2d, tuple]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, tuple(inp[0].shape))))
+             for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    step()
+    for h in hooks:
+        h.remove()
+    return calls
+
+
+def convs_only(calls: list[tuple[torch.nn.Conv2d, tuple]], dtype: torch.dtype, device: torch.device):
+    """A callable running just those convolutions (forward, input + weight gradients) in `dtype`."""
+    g = torch.Generator(device=device).manual_seed(0)
+    cl = torch.channels_last
+    work = []
+    for mod, shape in calls:
+        x = torch.randn(shape, generator=g, device=device).to(dtype).contiguous(memory_format=cl).requires_grad_()
+        w = mod.weight.detach().to(dtype).contiguous(memory_format=cl).requires_grad_()
+        y = F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+        work.append((x, w, torch.randn(y.shape, generator=g, device=device).to(dtype).contiguous(memory_format=cl),
+                     mod))
+
+    def run_convs():
+        for x, w, gy, mod in work:
+            y = F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
+            torch.autograd.grad(y, (x, w), gy)
+
+    return run_convs
+
+
 # --- the suite -------------------------------------------------------------------------------
 
 
@@ -236,7 +277,7 @@ def run(args, argv) -> dict:
     fns, setups = {}, {}
     counts = None
     for name in names:
-        if name == "official":
+        if name == "official" or name in CONV_CEILINGS:
             continue
         overrides, precision = FASTTRAIN_CONFIGS[name]
         run_, fns[name] = fasttrain_step(overrides, precision, device, batch, args.data, args.dry_run)
@@ -252,6 +293,12 @@ def run(args, argv) -> dict:
             counts = lt_counts(5000, 10, 100.0)
         official = OfficialStep(root, counts, batch)
         fns = {"official": official, **fns}
+    if any(n in CONV_CEILINGS for n in names):
+        calls = conv_calls(device, batch, args.data, args.dry_run)
+        for n in names:
+            if n in CONV_CEILINGS:
+                fns[n] = convs_only(calls, CONV_CEILINGS[n], device)
+                setups[n] = {"conv_calls": len(calls), "dtype": str(CONV_CEILINGS[n]), "memory_format": "channels_last"}
     order = [n for n in names if n in fns]
     warm: dict[str, float] = {}
     times = H.round_robin({n: fns[n] for n in order}, device, reps, warmup=warmup, log=H.log_line, warmup_s=warm)
@@ -286,4 +333,6 @@ def targets(speedup: dict[str, float]) -> dict:
     if best_bf16 is not None:
         out["best_bf16_vs_official"] = {"ratio": best_bf16, "target": 3.0, "met": best_bf16 >= 3.0,
                                         "applies": native_bf16_cpu()}
+        if "convs_bf16" in speedup:  # the step's convolutions alone: what no bf16 step can beat
+            out["best_bf16_vs_official"]["ceiling_convs_only"] = speedup["convs_bf16"]
     return out

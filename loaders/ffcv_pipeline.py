@@ -5,7 +5,7 @@
   never decides an order itself.
 - `ViewsDecoder`: the decoder for FFCV's RGBImageField. Per row it decodes the image ONCE
   (libjpeg-turbo, accurate IDCT unless `fast_dct`; or the raw pixels) and resamples every view
-  from it (`resize`: bilinear, or FFCV's OpenCV INTER_AREA, see `_resample`): a RandomResizedCrop window (torchvision's
+  from it (bilinear, or FFCV's OpenCV INTER_AREA: see `_resample`): a RandomResizedCrop window (torchvision's
   algorithm: 10 tries of area ~ U(scale), log-ratio ~ U(log ratio), then the clamped centre
   crop) + flip for training, Resize(eval_resize) -> CenterCrop(crop) for evaluation, or the
   image as it is (in-memory arrays). The views of a row are written side by side in one row.

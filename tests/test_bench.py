@@ -228,6 +228,21 @@ def test_loader_suite_with_every_backend_dry_run(tmp_path):
     assert {"torch/views1", "tensor/views2", "official_pil/views1", "torch_decode_only"} <= names
 
 
+def test_loader_targets_compare_normalised_rows_with_torch_and_uint8_rows_with_the_ceiling():
+    from fasttrain.bench.loaders import loader_targets
+
+    rows = [{"name": n, "group": "jpeg", "median": m} for n, m in
+            [("torch/views1", 400.0), ("ffcv/views1", 640.0), ("ffcv_uint8/views1", 1100.0),
+             ("ffcv_decode_only", 1500.0), ("dali/views1", 500.0)]]
+    t = loader_targets(rows)
+    assert t["jpeg:ffcv/views1_vs_torch"] == {"ratio": 1.6, "target": 1.5, "met": True}
+    assert t["jpeg:dali/views1_vs_torch"]["met"] is False
+    assert t["jpeg:ffcv/views1_vs_decode_only"]["ratio"] == pytest.approx(640 / 1500)
+    assert t["jpeg:ffcv_uint8/views1_vs_decode_only"] == {"ratio": pytest.approx(1100 / 1500), "target": 0.7,
+                                                         "met": True}
+    assert "jpeg:dali_uint8/views1_vs_decode_only" not in t  # no such row, no such target
+
+
 # --- the CPU speed switches ------------------------------------------------------------------
 
 

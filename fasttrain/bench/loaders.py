@@ -16,6 +16,9 @@ ends in ToTensor + Normalize. Same `--workers` for all (DataLoader processes, DA
 the same instance sampler order. Each repetition is one pass of `--images` images per loader after
 a start-up batch, round-robin over the loaders (rep 0 a discarded warm-up: pipeline build, page
 cache). Targets: DALI CPU and FFCV ≥ 1.5× the torch backend, ≥ 0.7× their decode-only ceiling.
+The `<backend>_uint8` rows (JPEG corpus) stop at the backend's own output, uint8 views before the
+shared normalise: the like-for-like comparison with the uint8 decode-only ceilings (on a GPU the
+normalise runs on the device, fused with the mixing).
 
     fasttrain bench loaders [--corpora cifar,jpeg] [--images 1024] [--reps 5] [--only torch,dali]
 """
@@ -116,12 +119,12 @@ def candidates(kind: str, ds, sampler, args, device: torch.device, beton_dir: Pa
     bs, w = args.batch_size, args.workers
     reads = "arrays" if kind == "cifar" else "files"
 
-    def backend(name, views, dev=device, **opts):
+    def backend(name, views, dev=device, raw=False, **opts):
         cfg = LoaderConfig(backend=name, num_workers=w, pin_memory=dev.type == "cuda", dali_threads=w,
                            ffcv_workers=w, ffcv_cache_dir=str(beton_dir), **opts)
         ld = build_loader(name, ds, [sampler], batch_size=bs, num_views=views, device=dev, augment=aug,
                           loader=cfg, train=True, seed=0)
-        return _Normalised(ld, augmenter)
+        return ld if raw else _Normalised(ld, augmenter)
 
     out = {"official_pil": lambda v: R.OfficialLoader(ds, sampler, batch_size=bs, views=v, workers=w, crop=args.crop)}
     for name in ("torch", "tensor", "dali", "ffcv"):
@@ -131,6 +134,10 @@ def candidates(kind: str, ds, sampler, args, device: torch.device, beton_dir: Pa
         out["dali_cpu_no_antialias"] = lambda v: backend("dali", v, dali_antialias=False)
         out["ffcv_fast_dct"] = lambda v: backend("ffcv", v, ffcv_fast_dct=True)
         out["ffcv_area"] = lambda v: backend("ffcv", v, ffcv_resize="area")  # FFCV's own resampling
+        # The backends' own output (uint8 views, before the shared normalise): what their
+        # decode-only ceilings (uint8 images too) compare with like for like.
+        for name in ("torch", "dali", "ffcv"):
+            out[f"{name}_uint8"] = (lambda n: lambda v: backend(n, v, raw=True))(name)
     if "dali" in out and device.type == "cuda":
         out["dali_gpu"] = out["dali"]
         out["dali"] = lambda v: backend("dali", v, dev=torch.device("cpu"))  # DALI's CPU pipeline
@@ -257,4 +264,8 @@ def loader_targets(rows: list[dict]) -> dict:
                 ceil = med.get(f"{kind}:{ceiling}") if ceiling else None
                 if ceil:
                     out[f"{key}_vs_decode_only"] = {"ratio": got / ceil, "target": 0.7, "met": got / ceil >= 0.7}
+                    raw = med.get(f"{kind}:{name}_uint8/views{views}")
+                    if raw:  # the loader's own output, like for like with the (uint8) ceiling
+                        out[f"{kind}:{name}_uint8/views{views}_vs_decode_only"] = {
+                            "ratio": raw / ceil, "target": 0.7, "met": raw / ceil >= 0.7}
     return out

@@ -194,6 +194,17 @@ def test_official_suite_dry_run_against_a_fake_checkout(tmp_path, official_modul
     assert path.with_suffix(".png").stat().st_size > 1000
 
 
+def test_conv_ceiling_takes_the_gradients_the_step_takes():
+    """Every Conv2d call of both forwards; the stem's input (the images) gets no gradient."""
+    from fasttrain.bench.official import conv_calls, convs_only
+
+    calls = conv_calls(torch.device("cpu"), 4, "synthetic_cifar10_lt", dry_run=True)
+    assert len(calls) == 2 * 31
+    needs = [g for _, _, g in calls]
+    assert needs.count(False) == 2 and not needs[0]  # the stem, once per forward
+    convs_only(calls, torch.bfloat16, torch.device("cpu"))()  # runs
+
+
 def test_official_suite_refuses_without_a_checkout(tmp_path, capsys):
     from fasttrain.bench import main
 

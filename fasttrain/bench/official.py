@@ -224,11 +224,13 @@ def fasttrain_step(overrides: list[str], precision: str | None, device: torch.de
     return run, step
 
 
-def conv_calls(device: torch.device, batch: int, data: str, dry_run: bool) -> list[tuple[torch.nn.Conv2d, tuple]]:
-    """(module, input shape) of every Conv2d call in one fasttrain step of the recipe (both forwards)."""
+def conv_calls(device: torch.device, batch: int, data: str, dry_run: bool) -> list[tuple[torch.nn.Conv2d, tuple, bool]]:
+    """(module, input shape, whether the input needs a gradient) of every Conv2d call in one
+    fasttrain step of the recipe (both forwards; the stem's input, the images, needs none)."""
     run, step = fasttrain_step(["train.amp=fp32", "model.channels_last=true"], None, device, batch, data, dry_run)
-    calls: list[tuple[torch.nn.Conv2d, tuple]] = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, tuple(inp[0].shape))))
+    calls: list[tuple[torch.nn.Conv2d, tuple, bool]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, tuple(inp[0].shape),
+                                                                         inp[0].requires_grad)))
              for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
     step()
     for h in hooks:
@@ -236,22 +238,24 @@ def conv_calls(device: torch.device, batch: int, data: str, dry_run: bool) -> li
     return calls
 
 
-def convs_only(calls: list[tuple[torch.nn.Conv2d, tuple]], dtype: torch.dtype, device: torch.device):
-    """A callable running just those convolutions (forward, input + weight gradients) in `dtype`."""
+def convs_only(calls: list[tuple[torch.nn.Conv2d, tuple, bool]], dtype: torch.dtype, device: torch.device):
+    """A callable running just those convolutions in `dtype`: forward, the weight gradient, and
+    the input gradient where the step needs one."""
     g = torch.Generator(device=device).manual_seed(0)
     cl = torch.channels_last
     work = []
-    for mod, shape in calls:
-        x = torch.randn(shape, generator=g, device=device).to(dtype).contiguous(memory_format=cl).requires_grad_()
+    for mod, shape, input_grad in calls:
+        x = torch.randn(shape, generator=g, device=device).to(dtype).contiguous(memory_format=cl)
+        x.requires_grad_(input_grad)
         w = mod.weight.detach().to(dtype).contiguous(memory_format=cl).requires_grad_()
         y = F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
-        work.append((x, w, torch.randn(y.shape, generator=g, device=device).to(dtype).contiguous(memory_format=cl),
-                     mod))
+        gy = torch.randn(y.shape, generator=g, device=device).to(dtype).contiguous(memory_format=cl)
+        work.append((x, w, gy, mod, (x, w) if input_grad else (w,)))
 
     def run_convs():
-        for x, w, gy, mod in work:
+        for x, w, gy, mod, wrt in work:
             y = F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
-            torch.autograd.grad(y, (x, w), gy)
+            torch.autograd.grad(y, wrt, gy)
 
     return run_convs
 

@@ -60,12 +60,6 @@ def rank_state(loader, method, position: int | None) -> dict:
     return {"loader": loader_state, "method": method.state_dict(), "rng": rng_state()}
 
 
-def gather_rank_states(loader, method, position: int | None) -> list[dict] | None:
-    """Every rank's `rank_state` on rank 0 (a list in rank order), None elsewhere (a collective:
-    every rank calls it at the same step)."""
-    return distributed.gather_to_main(rank_state(loader, method, position))
-
-
 def flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():

@@ -32,7 +32,7 @@ from fasttrain.evaluation import class_names, evaluate, evaluate_loader, head_sc
 from fasttrain.guard import DeviceOutOfMemory, LossGuard, out_of_memory_message
 from fasttrain.meter import MeanLogs, ThroughputMeter
 from fasttrain.methods import Progress
-from fasttrain.recovery import SavePolicy, gather_rank_states, rank_state, restore
+from fasttrain.recovery import SavePolicy, rank_state, restore
 from fasttrain.runlog import EVAL_KEYS, RunLog
 from fasttrain.schedules import learning_rate
 from fasttrain.selection import better, selected_section, selection_split
@@ -63,6 +63,13 @@ class _Stop(Exception):
 
 def _due(every: int, epoch: int, epochs: int) -> bool:
     return (epoch + 1) % every == 0 or epoch + 1 == epochs
+
+
+def _job_rate(rate: dict) -> dict:
+    """A meter reading of this process as the job's: images/s summed over ranks, the data-wait
+    fraction averaged (collectives under torchrun; the reading itself on one process)."""
+    return {"img_per_s": distributed.sum_scalar(rate["img_per_s"]),
+            "data_wait_frac": distributed.mean_scalars({"w": rate["data_wait_frac"]})["w"]}
 
 
 def accumulation(step: int, steps: int, every: int) -> tuple[int, int]:
@@ -96,6 +103,7 @@ class Trainer:
         self.learner = self.run.learner
         self.method, self.model, self.loader = self.run.method, self.run.model, self.run.train_loader
         self.select = selection_split(cfg)
+        self._split_loaders: dict = {}  # selection splits other than the eval split, built on first use
         self.start_epoch = 0
         self.best = {"top1": -1.0, "epoch": -1}
         self.history: list[dict] = []
@@ -142,19 +150,15 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step == steps:
                     self.guard.check(self._last_good)
-                    rate = meter.read(self.run.device)
-                    rate = {"img_per_s": distributed.sum_scalar(rate["img_per_s"]),
-                            "data_wait_frac": distributed.mean_scalars({"w": rate["data_wait_frac"]})["w"]}
-                    runlog.train(epoch * steps + step, distributed.mean_scalars(logs.means()), rate, lr, bar)
+                    runlog.train(epoch * steps + step, distributed.mean_scalars(logs.means()),
+                                 _job_rate(meter.read(self.run.device)), lr, bar)
                 if micro == group - 1:  # an optimizer-step boundary: a consistent state to checkpoint
                     self._checkpoint_inside_epoch(epoch, step, steps)
         finally:
             bar.close()
         self.method.after_epoch(self.model, progress)
-        rate = meter.epoch_rate(self.run.device)
         out = distributed.mean_scalars(logs.means())  # training metrics: mean over ranks
-        out.update({"lr": lr, "img_per_s": distributed.sum_scalar(rate["img_per_s"]),  # images/s of the job
-                    "data_wait_frac": distributed.mean_scalars({"w": rate["data_wait_frac"]})["w"],
+        out.update({"lr": lr, **_job_rate(meter.epoch_rate(self.run.device)),
                     "steps": step - start, "train_loss": out.get("loss", float("nan"))})
         out.update(memory_peaks(self.run.device))
         if hasattr(loader, "skipped"):  # DALI skip_corrupt: files dropped so far
@@ -243,10 +247,9 @@ class Trainer:
         """The eval-order loader of `split`: the run's own when it is the eval split, else built once."""
         if split == self.cfg.data.eval_split:
             return self.run.eval_loader
-        loaders = self.__dict__.setdefault("_split_loaders", {})
-        if split not in loaders:
-            loaders[split] = build_split_loader(self.run, split, sharded=True)
-        return loaders[split]
+        if split not in self._split_loaders:
+            self._split_loaders[split] = build_split_loader(self.run, split, sharded=True)
+        return self._split_loaders[split]
 
     def _selection_report(self, report: dict) -> dict:
         """The evaluation that chooses best.pt: `report` itself (eval split = selection split, or
@@ -255,6 +258,10 @@ class Trainer:
             return report
         return evaluate_loader(self.run, self._split_loader(self.select))
 
+    def _selects_on_test_report(self) -> bool:
+        """best.pt is chosen on the very test report each epoch writes: nothing to re-evaluate."""
+        return self.select == "test" and self.cfg.data.eval_split == "test"
+
     def _keep_best(self, report: dict, epoch: int) -> None:
         if better(report, self.best, self.select):
             self.best = {"top1": report["top1"], "epoch": epoch, **{k: report[k] for k in ("many", "medium", "few")},
@@ -262,7 +269,7 @@ class Trainer:
             # Kept for the summary's `selected`: the report, and (selected on another split than the
             # test report's) the weights, on the host, so the end needs no file every rank can read.
             self._best = {"report": report}
-            if self.select != "last" and not (self.select == "test" and self.cfg.data.eval_split == "test"):
+            if self.select != "last" and not self._selects_on_test_report():
                 self._best["weights"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             if self.rank == 0:
                 save_checkpoint({"model": self.model.state_dict(), "epoch": epoch + 1, "report": report,
@@ -283,7 +290,7 @@ class Trainer:
             return {"on": self.select, "epoch": self.best["epoch"], "selection_top1": self.best["top1"],
                     "note": "best.pt of that epoch is not in this run directory (resumed from another run's "
                             "checkpoint): not evaluated on test"}
-        if self.select == "test" and self.cfg.data.eval_split == "test":
+        if self._selects_on_test_report():
             return selected_section(self.select, self.best, stored["report"])
         weights = stored["weights"]
         final = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -358,7 +365,7 @@ class Trainer:
                  "epoch": epoch_done,  # epochs fully completed
                  "best": self.best, "history": self.history, "config": to_dict(self.cfg), "meta": self._meta()}
         if self.world_size > 1:  # every rank's RNG streams and loader position (see fasttrain.recovery)
-            state["ranks"] = gather_rank_states(self.loader, self.method, position)
+            state["ranks"] = distributed.gather_to_main(own)
             state["world_size"] = self.world_size
         return state
 

@@ -105,18 +105,8 @@ def library_versions() -> dict:
 def time_calls(fn: Callable[[], object], device: torch.device, reps: int, *, inner: int = 1,
                warmup: int = 1) -> list[float]:
     """Seconds per call of `fn`: `reps` samples, each the mean over `inner` calls, after `warmup`
-    untimed calls; the device is synchronised around each sample."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        sync(device)
-        out.append((time.perf_counter() - t0) / inner)
-    return out
+    untimed calls; the device is synchronised around each sample (`round_robin` of one)."""
+    return round_robin({"fn": fn}, device, reps, inner=inner, warmup=warmup)["fn"]
 
 
 def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, reps: int, *, inner: int = 1,

@@ -23,8 +23,9 @@ Design (why it looks like this):
   `Batch.geometry` (drawn per epoch from (seed, epoch), as the tensor backend does) and applied
   by the augmenter. Crops are hashes of (seed, the step's rows), hence independent of threads.
 - **Output.** uint8 (B,3,H,W) channels_last on the training device (FFCV's `ToDevice` on CUDA,
-  on its own streams); each view is copied out of FFCV's reused batch buffers, so a batch stays
-  valid after the next one. Labels, indices and stream ids come from the host-side order.
+  on its own streams). A batch stays valid after the next one: on the CPU the decoder writes
+  every batch into a new array (view-major, so each view is one NHWC block: no copy at all); on
+  CUDA each view is cloned out of ToDevice's reused device buffers. Labels, indices and stream ids come from the host-side order.
 - **Per view** (`augment.views`): the RandomResizedCrop scale / ratio and the flip (files), or
   the pad-crop padding and the flip (arrays). Photometric augmentation (colour jitter, hue,
   grayscale, blur) is not done by this backend: it raises an error naming the keys (use the
@@ -105,7 +106,7 @@ class FfcvLoader(LoaderBackend):
 
     def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
                  augment, loader, train: bool, seed: int = 0):
-        pipe = _import_pipeline()
+        pipe = self._pipe = _import_pipeline()
         if batch_size <= 0 or num_views <= 0:
             raise ValueError(f"ffcv loader: batch_size and num_views must be > 0, got {batch_size}, {num_views}")
         arrays = dataset.images is not None
@@ -240,11 +241,9 @@ class FfcvLoader(LoaderBackend):
 
     def _batch(self, images: torch.Tensor, index: np.ndarray, row: int, size: int,
                stream_ids: dict[int, torch.Tensor]) -> Batch:
-        h, w = self.view_hw
-        per_view = h * w * 3
-        # Copies out of FFCV's batch buffer (reused a few batches later); NHWC memory.
-        decoded = [images[:, v * per_view:(v + 1) * per_view].clone(memory_format=torch.contiguous_format)
-                   .view(size, h, w, 3) for v in range(self.decoded_views)]
+        decoded, _ = self._pipe.batch_layout(images, self.decoded_views, self.view_hw)  # NHWC, no copy
+        if self.device.type == "cuda":  # ToDevice's output buffers are reused a few batches later
+            decoded = [d.clone() for d in decoded]
         views = [d.permute(0, 3, 1, 2) for d in decoded]  # (B,3,H,W) channels_last views
         if len(views) < self.num_views:  # deterministic views are one decode, shared
             views = views * self.num_views

@@ -306,6 +306,45 @@ def test_a_failure_in_ffcv_s_thread_reaches_the_consumer(corpus, monkeypatch):
         list(ld)
 
 
+def test_cpu_batches_stay_valid_while_later_ones_are_decoded(corpus):
+    """On the CPU every batch is its own array: holding all of them (FFCV reuses its buffers
+    after `batches_ahead` + 2 batches) must give the pixels of batches cloned at once."""
+    held = list(_loader(corpus, [make_sampler(corpus, seed=3)], views=2, bs=4, ffcv_batches_ahead=1))
+    fresh = [[v.clone() for v in b.views] for b in _loader(corpus, [make_sampler(corpus, seed=3)], views=2, bs=4,
+                                                             ffcv_batches_ahead=1)]
+    assert len(held) > 4
+    for a, b in zip(held, fresh):
+        assert all(torch.equal(x, y) for x, y in zip(a.views, b))
+
+
+def test_reused_buffers_hold_the_same_view_major_batch(corpus, tmp_path):
+    """FFCV's own reused buffers (the CUDA path, and the decode-only ceiling) carry the same
+    bytes in the same layout as the per-batch arrays of the CPU path."""
+    from fasttrain.loaders import ffcv_pipeline as fp
+
+    out = tmp_path / "c.beton"
+    fc.convert(corpus, out, progress=False, workers=1)
+    rows = make_sampler(corpus, seed=5).order(0).numpy().astype(np.uint64)
+
+    def batches(own):
+        decoder = fp.ViewsDecoder(fp.RRC, 2, (24, 20), seed=7, crops=[((0.1, 1.0), (0.75, 1.33), True)] * 2)
+        order = fp.SamplerOrder(rows)
+        loader, check = fp.build(str(out), 6, decoder, order, device=torch.device("cpu"), workers=2,
+                                 os_cache=True, batches_ahead=1, own_output=own)
+        got = []
+        for (images,) in loader:
+            views, status = fp.batch_layout(images, 2, (24, 20))
+            got.append(([v.clone() for v in views], status.clone()))
+        assert not check.failed
+        return got
+
+    mine, reused = batches(True), batches(False)
+    assert len(mine) == len(reused) == -(-len(rows) // 6)
+    for (va, sa), (vb, sb) in zip(mine, reused):
+        assert all(torch.equal(x, y) for x, y in zip(va, vb)) and not sa.any() and not sb.any()
+        assert va[0].shape[1:] == (24, 20, 3) and not torch.equal(va[0], va[1])
+
+
 @pytest.mark.gpu
 def test_cuda_output_stays_valid_after_later_batches(corpus):
     if not torch.cuda.is_available():
@@ -339,12 +378,12 @@ def test_bilinear_resize_equals_torch_bilinear_without_antialias_within_one_leve
     for top, left, ch, cw, oh, ow in [(3, 5, 50, 70, 32, 29), (10, 20, 9, 13, 40, 37), (0, 0, 61, 20, 30, 45),
                                       (7, 9, 1, 1, 5, 4), (0, 0, h, w, h, w), (1, 2, 33, 47, 17, 31)]:
         dst = np.empty(oh * ow * 3, np.uint8)
-        _resize_linear(flat, w, top, left, ch, cw, dst, oh, ow)
+        _resize_linear(flat, w, top, left, ch, cw, dst, oh, ow, False)
         ref = _torch_bilinear(img, top, left, ch, cw, oh, ow)
         diff = np.abs(dst.reshape(oh, ow, 3).astype(int) - ref.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.05, (top, left, ch, cw, oh, ow, diff.max(), diff.mean())
     dst = np.empty(h * w * 3, np.uint8)
-    _resize_linear(flat, w, 0, 0, h, w, dst, h, w)
+    _resize_linear(flat, w, 0, 0, h, w, dst, h, w, False)
     assert np.array_equal(dst, flat)  # same size: the identity
 
 
@@ -359,12 +398,12 @@ def test_auto_resize_is_bilinear_up_to_2x_downscale_and_inter_area_beyond():
 
     def run(mode, top, left, ch, cw, oh, ow):
         dst = np.empty(oh * ow * 3, np.uint8)
-        _resample(flat, h, w, top, left, ch, cw, dst, oh, ow, RESIZE_MODES[mode])
+        _resample(flat, h, w, top, left, ch, cw, dst, oh, ow, RESIZE_MODES[mode], False)
         return dst
 
     def linear(top, left, ch, cw, oh, ow):
         dst = np.empty(oh * ow * 3, np.uint8)
-        _resize_linear(flat, w, top, left, ch, cw, dst, oh, ow)
+        _resize_linear(flat, w, top, left, ch, cw, dst, oh, ow, False)
         return dst
 
     def area(top, left, ch, cw, oh, ow):
@@ -378,6 +417,21 @@ def test_auto_resize_is_bilinear_up_to_2x_downscale_and_inter_area_beyond():
     assert np.array_equal(run("linear", *beyond), linear(*beyond))
     assert np.array_equal(run("area", *within), area(*within))
     assert not np.array_equal(linear(*beyond), area(*beyond))  # the two filters do differ
+
+
+def test_the_flip_is_the_mirror_of_the_unflipped_view_in_every_resize_mode():
+    from fasttrain.loaders.ffcv_pipeline import RESIZE_MODES, _resample
+
+    rng = np.random.default_rng(2)
+    h, w = 90, 130
+    flat = np.ascontiguousarray(rng.integers(0, 256, h * w * 3, dtype=np.uint8))
+    for mode in RESIZE_MODES:
+        for win in [(5, 7, 60, 64, 32, 31), (0, 0, 90, 130, 20, 24), (3, 4, 10, 12, 40, 33)]:
+            top, left, ch, cw, oh, ow = win
+            plain, flipped = np.empty(oh * ow * 3, np.uint8), np.empty(oh * ow * 3, np.uint8)
+            _resample(flat, h, w, top, left, ch, cw, plain, oh, ow, RESIZE_MODES[mode], False)
+            _resample(flat, h, w, top, left, ch, cw, flipped, oh, ow, RESIZE_MODES[mode], True)
+            assert np.array_equal(flipped.reshape(oh, ow, 3), plain.reshape(oh, ow, 3)[:, ::-1]), (mode, win)
 
 
 @pytest.mark.parametrize("resize, mad", [("linear", 2.0), ("area", 1.0)])

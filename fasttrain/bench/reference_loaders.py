@@ -122,7 +122,8 @@ class DaliDecodeOnly:
 
 
 class FfcvDecodeOnly:
-    """The ffcv backend's decoder with the stored image as its output (the corpus has one size)."""
+    """The ffcv backend's decoder with the stored image as its output (the corpus has one size),
+    decoded straight into FFCV's reused batch buffers (each batch is dropped before the next)."""
 
     def __init__(self, beton: str, sampler, batch_size: int, workers: int, fast_dct: bool = False):
         import numpy as np
@@ -133,7 +134,7 @@ class FfcvDecodeOnly:
         decoder = fp.ViewsDecoder(fp.IDENTITY, 1, None, seed=0, fast_dct=fast_dct)
         self.order = fp.SamplerOrder(np.zeros(0, np.uint64))
         self.loader, _ = fp.build(beton, batch_size, decoder, self.order, device=torch.device("cpu"),
-                                  workers=workers, os_cache=True, batches_ahead=3)
+                                  workers=workers, os_cache=True, batches_ahead=3, own_output=False)
 
     def set_epoch(self, e: int) -> None:
         self.order.rows = self.sampler.order(e).numpy().astype("uint64")

@@ -25,7 +25,8 @@ Design (why it looks like this):
 - **Output.** uint8 (B,3,H,W) channels_last on the training device (FFCV's `ToDevice` on CUDA,
   on its own streams). A batch stays valid after the next one: on the CPU the decoder writes
   every batch into a new array (view-major, so each view is one NHWC block: no copy at all); on
-  CUDA each view is cloned out of ToDevice's reused device buffers. Labels, indices and stream ids come from the host-side order.
+  CUDA each view is cloned out of ToDevice's reused device buffers. Labels, indices and stream
+  ids come from the host-side order.
 - **Per view** (`augment.views`): the RandomResizedCrop scale / ratio and the flip (files), or
   the pad-crop padding and the flip (arrays). Photometric augmentation (colour jitter, hue,
   grayscale, blur) is not done by this backend: it raises an error naming the keys (use the

@@ -237,6 +237,19 @@ def test_loader_suite_with_every_backend_dry_run(tmp_path):
     assert H.validate_report(report) == []
     names = {r["name"] for r in report["results"] if "median" in r}
     assert {"torch/views1", "tensor/views2", "official_pil/views1", "torch_decode_only"} <= names
+    assert {"ffcv_decode_only", "ffcv/views2", "ffcv_resample_linear", "ffcv_resample_area"} <= names
+
+
+def test_resample_rows_time_every_resize_mode_and_the_flip():
+    pytest.importorskip("ffcv", reason="FFCV not installed")
+    from fasttrain.bench.loaders import resample_rows
+    from fasttrain.loaders.ffcv_pipeline import RESIZE_MODES
+
+    rows = resample_rows((40, 30), 16, reps=2, windows=3)
+    assert [r["name"] for r in rows] == [f"ffcv_resample_{m}" for m in RESIZE_MODES] + ["ffcv_resample_linear_flip"]
+    for r in rows:
+        assert r["group"] == "resample" and r["unit"] == "ms/view" and r["n"] == 2 and 0 < r["median"] < 1e3
+        assert (r["windows"], r["image"], r["out"]) == (3, "40x30", "16x16")
 
 
 def test_loader_targets_compare_normalised_rows_with_torch_and_uint8_rows_with_the_ceiling():

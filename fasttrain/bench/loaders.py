@@ -16,6 +16,8 @@ ends in ToTensor + Normalize. Same `--workers` for all (DataLoader processes, DA
 the same instance sampler order. Each repetition is one pass of `--images` images per loader after
 a start-up batch, round-robin over the loaders (rep 0 a discarded warm-up: pipeline build, page
 cache). Targets: DALI CPU and FFCV ≥ 1.5× the torch backend, ≥ 0.7× their decode-only ceiling.
+Group `resample` (JPEG corpus, FFCV installed): the ffcv backend's resampler alone, ms per
+RandomResizedCrop view of a corpus-sized image on one thread, per `loader.ffcv_resize` mode.
 The `<backend>_uint8` rows (JPEG corpus) stop at the backend's own output, uint8 views before the
 shared normalise: the like-for-like comparison with the uint8 decode-only ceilings (on a GPU the
 normalise runs on the device, fused with the mixing).
@@ -24,6 +26,7 @@ normalise runs on the device, fused with the mixing).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -67,11 +70,16 @@ def cifar_corpus(root: str, dry_run: bool):
     return ds, "synthetic CIFAR-10-LT stand-in (random pixels, real class profile)"
 
 
+def jpeg_size(dry_run: bool) -> tuple[int, int]:
+    """(width, height) of the JPEG corpus's images."""
+    return (64, 48) if dry_run else (500, 400)
+
+
 def jpeg_corpus(root: str, classes: int, max_per_class: int, dry_run: bool):
     from fasttrain.data.lists import build_list_dataset
     from fasttrain.data.synthetic import make_synthetic_corpus
 
-    size = (64, 48) if dry_run else (500, 400)
+    size = jpeg_size(dry_run)
     if dry_run:
         root, classes, max_per_class = str(Path(root) / "dry_run"), 4, 8
     summary = make_synthetic_corpus(root, classes, max_per_class, 10.0, 0, size=size, quality=90, seed=0,
@@ -227,6 +235,8 @@ def run(args, argv) -> dict:
                     makers[f"{name}/views{views}"] = (lambda m, v: lambda: m(v))(make, views)
         if kind == "jpeg":
             makers.update({n: m for n, m in ceilings(ds, sampler, args, beton_dir).items() if not only or n in only})
+            if importlib.util.find_spec("ffcv") is not None and (not only or "ffcv_resample" in only):
+                report["results"] += resample_rows(jpeg_size(args.dry_run), args.crop, reps, windows=4 if args.dry_run else 200)
         for key, got in time_loaders(makers, args.images, args.batch_size, reps, device).items():
             if isinstance(got, Exception):
                 report["results"].append({"name": key, "group": kind,
@@ -240,6 +250,35 @@ def run(args, argv) -> dict:
     # One corpus alone gets it in the file name, so a cifar run does not overwrite a jpeg one.
     tag = args.tag or (next(iter(corpora)) if len(corpora) == 1 else "")
     return H.save_report(report, args.out_dir, device, tag)
+
+
+def resample_rows(size: tuple[int, int], crop: int, reps: int, windows: int = 200) -> list[dict]:
+    """ms per view of the ffcv backend's resampler alone (one thread, no decode): `windows`
+    RandomResizedCrop windows (scale 0.08-1, ratio 3/4-4/3) of one corpus-sized image -> crop²,
+    per `loader.ffcv_resize` mode, and bilinear with the flip (folded into its column table)."""
+    import math
+
+    import numpy as np
+
+    from fasttrain.loaders import ffcv_pipeline as fp
+
+    w, h = size
+    img = np.random.default_rng(0).integers(0, 256, h * w * 3, dtype=np.uint8)
+    wins = [fp.rrc_window(h, w, np.uint64(k * 7919 + 1), 0, 0.08, 1.0, math.log(3 / 4), math.log(4 / 3), 3 / 4, 4 / 3)
+            for k in range(windows)]
+    dst = np.empty(crop * crop * 3, np.uint8)
+
+    def views(mode: int, flip: bool):
+        def fn():
+            for top, left, ch, cw in wins:
+                fp._resample(img, h, w, top, left, ch, cw, dst, crop, crop, mode, flip)
+        return fn
+
+    fns = {f"ffcv_resample_{m}": views(code, False) for m, code in fp.RESIZE_MODES.items()}
+    fns["ffcv_resample_linear_flip"] = views(fp.RESIZE_MODES["linear"], True)
+    got = H.round_robin(fns, torch.device("cpu"), reps, log=H.log_line)
+    return [H.row(name, [t * 1e3 / windows for t in secs], "ms/view", group="resample", windows=windows,
+                  image=f"{w}x{h}", out=f"{crop}x{crop}") for name, secs in got.items()]
 
 
 def loader_targets(rows: list[dict]) -> dict:

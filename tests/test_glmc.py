@@ -152,6 +152,9 @@ def test_alpha_schedule_hand_values():
     assert math.isclose(G.cumulative_alpha(199, 200), 0.009975)
     alphas = [G.cumulative_alpha(e, 10) for e in range(10)]
     assert all(a > b for a, b in zip(alphas, alphas[1:]))  # decays monotonically
+    # The exponent switch: p = 1 is a linear hand-over, the default p = 2 is the code's parabola.
+    assert G.cumulative_alpha(4, 8, 1.0) == 0.5
+    assert G.cumulative_alpha(4, 8) == G.cumulative_alpha(4, 8, 2.0) == 0.75
 
 
 def test_negative_cosine_values_symmetry_and_stop_gradient():
@@ -256,6 +259,25 @@ def test_soft_label_terms_match_hand_formula(monkeypatch):
     torch.testing.assert_close(logs["loss_mix_w"], expect)
 
 
+def test_expected_label_weight_hand_values_and_the_switch_scales_only_the_weighted_terms():
+    counts, w = torch.tensor([100, 10, 1]), torch.tensor([0.01, 0.1, 1.0]) * 3 / 1.11
+    # q = 0: both streams draw ∝ n, so E = Σ n_c w_c / N = 3 · 3 / (1.11 · 111).
+    assert math.isclose(G.expected_label_weight(counts, w, 0.0), 9 / (1.11 * 111), rel_tol=1e-6)
+    # q = 1: the re-sampled stream is class-balanced, its mean label weight is mean(w) = 1.
+    assert math.isclose(G.expected_label_weight(counts, w, 1.0), 0.5 * (9 / (1.11 * 111) + 1.0), rel_tol=1e-6)
+    batch = two_stream_batch()
+    logs = {}
+    for norm in ("batch", "expected"):
+        m = make_method(label_weight_gamma=1.0, weighted_loss_norm=norm)
+        _, logs[norm] = m.loss(model_for(m), batch, Progress(5, 10))
+    scale = 1 / G.expected_label_weight(counts, w, 0.0)
+    assert make_method(label_weight_gamma=1.0).weighted_scale == 1.0  # the code's reduction: untouched
+    for key in ("loss_mix_w", "loss_cut_w"):
+        torch.testing.assert_close(logs["expected"][key], logs["batch"][key] * scale)
+    for key in ("loss_mix", "loss_cut", "loss_sim"):
+        torch.testing.assert_close(logs["expected"][key], logs["batch"][key])
+
+
 def test_predict_uses_fc_cb_by_default_and_switch():
     m = make_method()
     model = model_for(m).eval()
@@ -287,7 +309,9 @@ def test_fused_forward_equals_two_forwards_without_bn():
 
 def test_config_validation_errors_name_the_key():
     for kw, key in [({"predict_head": "both"}, "predict_head"), ({"mix_beta": 0.0}, "mix_beta"),
-                    ({"resample_q": -1.0}, "resample_q"), ({"head_init": "xavier"}, "head_init")]:
+                    ({"resample_q": -1.0}, "resample_q"), ({"head_init": "xavier"}, "head_init"),
+                    ({"cumulative_power": 0.0}, "cumulative_power"),
+                    ({"weighted_loss_norm": "weights"}, "weighted_loss_norm")]:
         with pytest.raises(ValueError, match=key):
             G.GLMCConfig(**kw).validate()
 

@@ -31,6 +31,7 @@ from fasttrain.models import CifarResNet
 
 PREDICT_HEADS = ("fc_cb", "fc", "sum")
 HEAD_INITS = ("auto", "kaiming", "default")
+WEIGHTED_LOSS_NORMS = ("batch", "expected")
 
 
 @dataclass
@@ -53,6 +54,16 @@ class GLMCConfig(MethodConfig):
     predict_head: str = "fc_cb"
     # Projector/predictor width k; None = the code's choice (128 for d <= 256, else 256).
     proj_dim: int | None = None
+    # Scale of the reweighted terms: batch = their mean over the B rows as the code (an instance-
+    # sampled row carries on average Σ_c P(c) w_c of the plain terms' label mass: 0.13 on
+    # CIFAR-10-LT ρ=100 at γ = 1, so the backbone's gradient shrinks ~7x as α(e) hands the loss to
+    # fc_cb; 200 epochs absorb that, a few do not); expected = divided by that constant (the two
+    # streams' mean label weight, from the train counts, q and γ), so both terms carry one scale.
+    weighted_loss_norm: str = "batch"
+    # Exponent p of the cumulative coefficient α(e) = 1 − (e/E)^p (code: 2). A smaller p hands the
+    # loss to the reweighted head fc_cb earlier: in a run of a few epochs p = 2 leaves fc_cb, the
+    # only head used at test time, trained on a few low-lr epochs at the end.
+    cumulative_power: float = 2.0
     # Head init: auto = Kaiming-normal fan-in on the CIFAR ResNet (its code inits every
     # Linear so), PyTorch default on torchvision trunks (their init loop skips Linear).
     head_init: str = "auto"
@@ -64,6 +75,11 @@ class GLMCConfig(MethodConfig):
             raise ValueError(f"method.consistency_weight: expected a value >= 0, got {self.consistency_weight!r}")
         if not self.mix_beta > 0:
             raise ValueError(f"method.mix_beta: expected a value > 0, got {self.mix_beta!r}")
+        if self.weighted_loss_norm not in WEIGHTED_LOSS_NORMS:
+            raise ValueError(f"method.weighted_loss_norm: expected one of {list(WEIGHTED_LOSS_NORMS)}, "
+                             f"got {self.weighted_loss_norm!r}")
+        if not self.cumulative_power > 0:
+            raise ValueError(f"method.cumulative_power: expected a value > 0, got {self.cumulative_power!r}")
         if self.predict_head not in PREDICT_HEADS:
             raise ValueError(f"method.predict_head: expected one of {list(PREDICT_HEADS)}, got {self.predict_head!r}")
         if self.head_init not in HEAD_INITS:
@@ -106,9 +122,17 @@ class GLMCNet(nn.Module):
         return logits, logits_cb, z, self.predictor(z)
 
 
-def cumulative_alpha(epoch: int, epochs: int) -> float:
-    """α(e) = 1 − (e/E)², e 0-indexed, constant within an epoch (§2.8)."""
-    return 1.0 - (epoch / epochs) ** 2
+def cumulative_alpha(epoch: int, epochs: int, power: float = 2.0) -> float:
+    """α(e) = 1 − (e/E)^p, e 0-indexed, constant within an epoch (§2.8: p = 2)."""
+    return 1.0 - (epoch / epochs) ** power
+
+
+def expected_label_weight(counts: torch.Tensor, weights: torch.Tensor, q: float) -> float:
+    """E[λ w_{y_a} + (1 − λ) w_{y_b}] of a mixed row: y_a ∝ n_c (instance stream), y_b ∝ n_c^(1−q)
+    (re-sampled stream), E[λ] = 1/2 for λ ~ Beta(β, β)."""
+    n = counts.double()
+    p_a, p_b = n / n.sum(), n ** (1.0 - q) / (n ** (1.0 - q)).sum()
+    return float(0.5 * ((p_a + p_b) * weights.double().cpu()).sum())
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -142,6 +166,8 @@ class GLMC(Method):
         super().__init__(cfg, ctx)
         # Constant for the whole run, computed once from the train counts (already on device).
         self.weights = class_weights(ctx.train_counts, cfg.label_weight_gamma).to(ctx.device)
+        self.weighted_scale = 1.0 if cfg.weighted_loss_norm == "batch" else \
+            1.0 / expected_label_weight(ctx.train_counts.cpu(), self.weights, cfg.resample_q)
 
     def streams(self) -> list[StreamSpec]:
         return [StreamSpec(sampler="instance"), StreamSpec(sampler="power", q=self.cfg.resample_q)]
@@ -171,14 +197,15 @@ class GLMC(Method):
         (o_g, ocb_g, z_g, p_g), (o_l, ocb_l, z_l, p_l) = self._forward_pair(model, x_g, x_l)
 
         def sce(logits: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> torch.Tensor:
-            return soft_target_cross_entropy(logits, y_a=y_a, y_b=y_b, lam=lam, class_weights=weights,
+            loss = soft_target_cross_entropy(logits, y_a=y_a, y_b=y_b, lam=lam, class_weights=weights,
                                              impl=ctx.loss_impl)
+            return loss if weights is None else loss * self.weighted_scale
 
         loss_mix, loss_cut = sce(o_g, spec.lam), sce(o_l, spec.lam_cut)
         loss_mix_w = sce(ocb_g, spec.lam, self.weights)
         loss_cut_w = sce(ocb_l, spec.lam_cut, self.weights)
         loss_sim = consistency_loss(p_g, z_g, p_l, z_l)
-        alpha = cumulative_alpha(progress.epoch, progress.epochs)  # host float: no sync
+        alpha = cumulative_alpha(progress.epoch, progress.epochs, cfg.cumulative_power)  # host float: no sync
         loss = (alpha * (loss_mix + loss_cut) + (1.0 - alpha) * (loss_mix_w + loss_cut_w)
                 + cfg.consistency_weight * loss_sim)
         logs = {"loss": loss.detach(), "loss_mix": loss_mix.detach(), "loss_cut": loss_cut.detach(),

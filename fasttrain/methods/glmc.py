@@ -55,8 +55,8 @@ class GLMCConfig(MethodConfig):
     # Projector/predictor width k; None = the code's choice (128 for d <= 256, else 256).
     proj_dim: int | None = None
     # Scale of the reweighted terms: batch = their mean over the B rows as the code (an instance-
-    # sampled row carries on average Σ_c P(c) w_c of the plain terms' label mass: 0.13 on
-    # CIFAR-10-LT ρ=100 at γ = 1, so the backbone's gradient shrinks ~7x as α(e) hands the loss to
+    # sampled row carries on average Σ_c P(c) w_c of the plain terms' label mass: 0.16 on
+    # CIFAR-10-LT ρ=100 at γ = 1, so the backbone's gradient shrinks ~6x as α(e) hands the loss to
     # fc_cb; 200 epochs absorb that, a few do not); expected = divided by that constant (the two
     # streams' mean label weight, from the train counts, q and γ), so both terms carry one scale.
     weighted_loss_norm: str = "batch"

@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark suites: loaders, kernels, step, train, official, gpu "
                                      "(see `fasttrain bench --help`)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.bench.main
+    rs = sub.add_parser("results", help="the README's results tables and figures from the results record; "
+                                        "`results record RUN_DIR` adds a finished run (see `fasttrain results --help`)",
+                        add_help=False)
+    rs.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.results.cli.main
     pr = sub.add_parser("predict", help="top-k classes of images with a checkpoint (the run's eval transform)")
     pr.add_argument("checkpoint")
     pr.add_argument("target", help="an image, a folder of images, or a list file of image paths")
@@ -192,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
         from fasttrain.data.cli import main as data_main
 
         return data_main(argv[1:])
+    if argv[:1] == ["results"]:  # `results [DIR]` and `results record RUN_DIR` (fasttrain.results.cli)
+        from fasttrain.results.cli import main as results_main
+
+        return results_main(argv[1:])
     if argv[:1] == ["bench"]:  # each suite has its own parser (and its own --help)
         from fasttrain.bench import main as bench_main
 

@@ -6,6 +6,7 @@
 - `train.log`: the plain-text log of the run (every `fasttrain` log line: epochs, warnings, resume),
 - `summary.json` (written atomically), the per-class accuracy PNG, `per_class.csv` and
   `top1_vs_time.png` (top-1 of each evaluated epoch against wall time) at the end;
+- `provenance.json`: command, git commit, machine, threads and versions of every start and resume;
 - optionally Weights & Biases (`log.wandb: true`): the same train scalars, epoch records and summary.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from fasttrain import provenance
 from fasttrain.evaluation import heads_per_class, plot_per_class, write_per_class_csv
 
 log = logging.getLogger("fasttrain")
@@ -78,6 +80,7 @@ class RunLog:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._wandb = start_wandb(cfg, self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        provenance.record_start(self.run_dir)  # command, commit, machine: one entry per start or resume
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(str(self.run_dir / "tb"))

@@ -49,7 +49,7 @@ class StageResult:
 
 # What a run leaves in its directory (a later stage's sub-directory is its own run).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "summary.json", "tb",
-             "per_class_accuracy.png", "per_class.csv", "top1_vs_time.png")
+             "per_class_accuracy.png", "per_class.csv", "top1_vs_time.png", "provenance.json")
 
 
 class RunDirectoryInUse(ConfigError):

@@ -1,0 +1,49 @@
+"""The results figure of one dataset: top-1 against epoch for every recorded run (one line per
+seed), and the last epoch's many / medium / few as grouped bars (mean over seeds)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fasttrain.results.collect import Record
+
+GROUPS = ("many", "medium", "few")
+
+
+def plot_dataset(records: list[Record], dataset: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in records if r.dataset == dataset]
+    names = sorted({r.name for r in runs})
+    fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
+    colours = plt.get_cmap("tab10")
+    for i, name in enumerate(names):
+        for k, r in enumerate(sorted((r for r in runs if r.name == name), key=lambda r: r.seed)):
+            epochs, top1 = zip(*r.curve) if r.curve else ((), ())
+            curves.plot(epochs, top1, color=colours(i % 10), lw=1.2, alpha=1.0 if k == 0 else 0.5,
+                        label=f"{name} ({r.top1:.2f})" if k == 0 else None)
+    curves.set(xlabel="epoch", ylabel="top-1 (%)", title=f"{dataset}: top-1 per evaluated epoch (legend: last epoch)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=8, loc="lower right")
+    # Groups with no class (CIFAR-10-LT has no class under 20 images: no "few") are left out.
+    groups = [g for g in GROUPS if any(getattr(r, g) is not None for r in runs)]
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        same = [r for r in runs if r.name == name]
+        values = []
+        for g in groups:
+            vals = [getattr(r, g) for r in same if getattr(r, g) is not None]
+            values.append(sum(vals) / len(vals) if vals else 0.0)
+        bars.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(groups))], values, width,
+                 color=colours(i % 10), label=name)
+    bars.set_xticks(range(len(groups)), groups)
+    bars.set(ylabel="top-1 (%)", ylim=(0, 100), title="last epoch, by class frequency group")
+    bars.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,125 @@
+"""One finished run -> one folder of the results record (`fasttrain results record RUN_DIR`).
+
+A record is `<root>/<dataset tag>/<run name>/seed<k>/`: the small files the run wrote (resolved
+config, summary, per-epoch metrics, per-class CSV, log, provenance) plus `record.json`, what makes
+the number reproducible (command, commit, machine, threads, versions, wall time). Never a
+checkpoint: a record is text a reviewer can read in the repository.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from fasttrain import provenance
+from fasttrain.schema import ConfigError
+
+# What every record holds, copied from the run directory as written by the run.
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "per_class.csv", "train.log")
+RECORD_JSON = "record.json"
+
+
+class ResultsError(ConfigError):
+    """A record or a results directory that cannot be read or written (printed as one line)."""
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise ResultsError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl, one dict per line (a resumed run holds each epoch once)."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ResultsError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def dataset_tag(config: dict) -> str:
+    """The record's dataset folder: `cifar10_lt_r100` for CIFAR-LT (the ratio is part of the
+    dataset), the dataset name elsewhere (`imagenet_lt`, `inat2018`)."""
+    data = config.get("data") or {}
+    name = data.get("dataset")
+    if not name:
+        raise ResultsError("config.yaml: no data.dataset")
+    ratio = data.get("imbalance_ratio")
+    return f"{name}_r{float(ratio):g}" if name.startswith("cifar") and ratio else str(name)
+
+
+def wall_seconds(metrics: list[dict]) -> float:
+    """Training wall time over every invocation: each row's `wall_s` counts from the start of the
+    process that wrote it, so a drop marks a resume and the previous segment's last value is added."""
+    total, last = 0.0, 0.0
+    for row in metrics:
+        wall = float(row.get("wall_s", 0.0))
+        if wall < last:
+            total += last
+        last = wall
+    return total + last
+
+
+def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = False) -> Path:
+    """Copy the finished run `run_dir` into the record under `root`; returns the record folder."""
+    run_dir, root = Path(run_dir), Path(root)
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ResultsError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
+                           "a run writes summary.json and per_class.csv when its last epoch is done")
+    config = read_yaml(run_dir / "config.yaml")
+    summary = read_json(run_dir / "summary.json")
+    if "final" not in summary:
+        raise ResultsError(f"{run_dir / 'summary.json'}: no 'final' report (the run did not finish)")
+    starts = provenance.read(run_dir)
+    if not starts:
+        raise ResultsError(f"{run_dir}: no provenance.json (command, commit and machine unknown); runs started "
+                           "by this version of fasttrain write it")
+    seed = config.get("seed")
+    dest = root / dataset_tag(config) / str(config.get("name") or run_dir.name) / f"seed{seed}"
+    if dest.exists():
+        if not overwrite:
+            raise ResultsError(f"{dest} already holds a record; pass --overwrite to replace it")
+        shutil.rmtree(dest)
+    metrics = read_metrics(run_dir / "metrics.jsonl")
+    first = starts[0]
+    record = {
+        "name": config.get("name"), "dataset": dataset_tag(config), "seed": seed, "method": summary.get("method"),
+        "command": first.get("command"), "resumes": [s.get("command") for s in starts[1:]],
+        "git_commit": first.get("git_commit"), "git_dirty": first.get("git_dirty"),
+        "commits": sorted({s.get("git_commit") for s in starts if s.get("git_commit")}),
+        "cpu_model": first.get("cpu_model"), "threads": first.get("threads"), "machine": first.get("machine"),
+        "gpu": first.get("gpu"), "env": first.get("env", {}), "versions": first.get("versions") or summary.get("versions"),
+        "device": summary.get("device"), "amp": summary.get("amp"), "processes": summary.get("processes", 1),
+        "epochs": len(metrics), "wall_s": round(wall_seconds(metrics), 1),
+        "started": first.get("started"), "note": note,
+        "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    dest.mkdir(parents=True)
+    for name in (*RUN_FILES, provenance.FILE):
+        shutil.copy2(run_dir / name, dest / name)
+    (dest / RECORD_JSON).write_text(json.dumps(record, indent=1) + "\n")
+    return dest

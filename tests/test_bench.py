@@ -337,3 +337,74 @@ def test_channels_last_rejects_other_values():
 
     with pytest.raises(ConfigError, match="model.channels_last"):
         config_from_dict({"model": {"channels_last": "nhwc"}}, "test")
+
+
+# --- the official FBL suite (whole epochs, child processes) -------------------------------------
+
+FAKE_FBL_TRAIN = '''
+import argparse
+import torch
+
+def train_one_epoch(args, train_loader, model, block, classifier, criterion, optimizer, epoch, log, tf_writer):
+    lam = torch.cuda.FloatTensor([1.0, 2.0])  # the official loss builds its constant this way
+    criterion.cuda()
+    for x in train_loader:
+        (x.cuda() * lam.sum()).sum()
+
+def validate_one_epoch(args, val_loader, model, block, classifier, criterion, epoch, log=None, tf_writer=None):
+    return sum(float(x.sum()) for x in val_loader)
+
+def main(args):
+    data = [torch.ones(2) for _ in range(3)]
+    for epoch in range(args.epochs):
+        train_one_epoch(args, data, None, None, None, torch.nn.Identity(), None, epoch, None, None)
+        validate_one_epoch(args, data, None, None, None, None, epoch)
+    print("ran all", args.epochs, "epochs")
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--workers", type=int, default=0)
+    args, _ = p.parse_known_args()
+    main(args)
+'''
+
+
+def test_official_fbl_child_runs_a_cuda_only_train_py_on_the_cpu_and_stops_after_n_epochs(tmp_path):
+    from fasttrain.bench.official_fbl import parse_official
+
+    (tmp_path / "train.py").write_text(FAKE_FBL_TRAIN)
+    proc = subprocess.run([sys.executable, "-m", "fasttrain.bench.official_fbl", "--child", str(tmp_path), "2",
+                           "--workers", "2"], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr
+    epochs = parse_official(proc.stdout)
+    assert [e["epoch"] for e in epochs] == [0, 1] and "ran all" not in proc.stdout  # stopped at the third
+    assert all(e["total_s"] >= e["train_s"] + e["test_s"] - 1e-3 for e in epochs)
+
+
+def test_official_fbl_suite_times_both_sides_and_estimates_the_full_run(tmp_path):
+    from fasttrain.bench import main
+
+    (tmp_path / "fbl" / "train.py").parent.mkdir()
+    (tmp_path / "fbl" / "train.py").write_text(FAKE_FBL_TRAIN)
+    rc = main(["official_fbl", "--device", "cpu", "--official-dir", str(tmp_path / "fbl"), "--configs",
+               "official_w0,official_w2", "--epochs", "2", "--out-dir", str(tmp_path / "res")])
+    assert rc == 0
+    (path,) = (tmp_path / "res").glob("official_fbl_*.json")
+    report = json.loads(path.read_text())
+    assert H.validate_report(report) == []
+    hours = {r["name"]: r for r in report["results"] if r["group"] == "200 epochs"}
+    assert set(hours) == {"official_w0", "official_w2"} and all(r["n"] == 1 for r in hours.values())
+    w0 = report["epochs"]["official_w0"]
+    assert hours["official_w0"]["median"] == pytest.approx(sum(e["total_s"] for e in w0) / 2 * 200 / 3600)
+    assert main(["official_fbl", "--device", "cpu", "--configs", "official_w0", "--out-dir", str(tmp_path)]) == 2
+
+
+def test_official_fbl_fasttrain_epochs_split_train_and_the_rest():
+    from fasttrain.bench.official_fbl import fasttrain_epochs
+
+    rows = [{"epoch": 0, "wall_s": 30.0, "steps": 194, "img_per_s": 620.8}, {"epoch": 1, "wall_s": 55.0, "steps": 194,
+                                                                             "img_per_s": 620.8}]
+    epochs = fasttrain_epochs(rows, 64)
+    assert [e["total_s"] for e in epochs] == [30.0, 25.0]
+    assert epochs[1]["train_s"] == pytest.approx(20.0) and epochs[1]["test_s"] == pytest.approx(5.0)

@@ -18,6 +18,7 @@ SUITES: dict[str, str] = {
     "step": "fasttrain.bench.step",
     "train": "fasttrain.bench.train",
     "official": "fasttrain.bench.official",
+    "official_fbl": "fasttrain.bench.official_fbl",
     "gpu": "fasttrain.bench.gpu",
 }
 

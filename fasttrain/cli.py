@@ -8,17 +8,20 @@ import sys
 from pathlib import Path
 
 from fasttrain import __version__
-from fasttrain.checkpoint import CheckpointError
+from fasttrain.checkpoint import CheckpointError, WriteError
 from fasttrain.guard import TrainingError
 from fasttrain.schema import ConfigError
 
 
 def _cmd_train(args) -> int:
     from fasttrain.config import load_config
+    from fasttrain.distributed import env_context
     from fasttrain.trainer import run_training
 
     cfg = load_config(args.config, args.overrides)
     summary = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
+    if env_context().rank != 0:  # under torchrun the job's result is printed once, by rank 0
+        return 0
     if "final" not in summary:
         print(json.dumps({"run_dir": str(Path(cfg.out_dir) / cfg.name), "stopped_at_epoch": summary["stopped_at_epoch"],
                           "continue_with": f"fasttrain train {args.config} ... --resume"}, indent=1))
@@ -209,9 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:  # the message says what to do
+    except (ConfigError, CheckpointError, WriteError, FileNotFoundError) as exc:  # the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C (`train` handles it itself: it saves last.pt and exits 143)
+        print(f"error: fasttrain {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except TrainingError as exc:  # training could not go on (NaN/inf loss, out of memory): why, and what to do
         print(f"error: {exc}", file=sys.stderr)
         return 3

@@ -141,6 +141,18 @@ def wrap(module: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
                                                find_unused_parameters=find_unused_parameters)
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics, ...) copied to every rank. DDP sends rank
+    0's before each training forward, but that forward then updates each rank's copy from its own
+    rows, so after an epoch the ranks hold different statistics. Rank 0's are the ones saved, so
+    they are the ones every rank evaluates. (The next training forward overwrites them with rank
+    0's anyway: training is unchanged.)"""
+    if not active():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Every BatchNorm of `model` as SyncBatchNorm (statistics over the global batch): the same
     parameter objects, so an optimizer built afterwards trains the same tensors."""

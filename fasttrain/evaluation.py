@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fasttrain.checkpoint import temp_path
 from fasttrain.data.index import GROUP_NAMES, shot_groups
 
 
@@ -218,7 +219,7 @@ def write_per_class_csv(report: dict, train_set, rule: str, path: Path) -> None:
     groups = shot_groups(train_set.train_counts, rule)
     names = class_names(train_set)
     path = Path(path)
-    tmp = path.with_suffix(".csv.tmp")
+    tmp = temp_path(path)
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         heads = heads_per_class(report)
@@ -251,8 +252,8 @@ def plot_confusion(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.n
     ax.set_ylabel("true class (sorted by training count)")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    tmp = temp_path(path)
+    fig.savefig(tmp, format="png")
     plt.close(fig)
     tmp.replace(path)
 
@@ -294,7 +295,7 @@ def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path,
     ax.set_title(title or "per-class accuracy vs training count")
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    tmp = temp_path(path)
+    fig.savefig(tmp, format="png")
     plt.close(fig)
     tmp.replace(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fasttrain.checkpoint import write_text_atomic  # the run's one write path: a full disk is one clear line
 from fasttrain.environment import cpu_model, versions
 
 FILE = "provenance.json"
@@ -69,7 +70,4 @@ def read(run_dir: Path) -> list[dict]:
 def record_start(run_dir: Path) -> None:
     """Append this process's `invocation()` to `run_dir`/provenance.json (written atomically)."""
     starts = read(run_dir) + [invocation()]
-    path = Path(run_dir) / FILE
-    tmp = path.with_name(FILE + ".tmp")
-    tmp.write_text(json.dumps({"starts": starts}, indent=1))
-    tmp.replace(path)
+    write_text_atomic(Path(run_dir) / FILE, json.dumps({"starts": starts}, indent=1))

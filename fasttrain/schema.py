@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A user-facing configuration error (printed without a traceback by the CLI)."""
+
+
+# A decimal number as people write one: 1e-3, 5E-4, 1e6, .5, 2., -3.0e+2. YAML 1.1 (PyYAML) reads
+# the exponent forms without a dot or without an exponent sign as strings, so a float key takes
+# such a string too.
+FLOAT_SPELLING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _is_subsequence(short: str, long: str) -> bool:
@@ -75,6 +82,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected int, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and FLOAT_SPELLING.fullmatch(value.strip()):
             return float(value)
         raise ConfigError(f"{where}: expected float, got {value!r}")
     if tp is str:

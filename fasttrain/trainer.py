@@ -23,13 +23,14 @@ import torch
 
 from fasttrain import distributed
 from fasttrain.build import build_run, build_split_loader
-from fasttrain.checkpoint import load_checkpoint, save_checkpoint
+from fasttrain.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temp_files, save_checkpoint,
+                                  write_text_atomic, writing)
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
 from fasttrain.data import build_datasets
 from fasttrain.schema import ConfigError
 from fasttrain.environment import memory_peaks, versions
 from fasttrain.evaluation import class_names, evaluate, evaluate_loader, head_scalars
-from fasttrain.guard import DeviceOutOfMemory, LossGuard, out_of_memory_message
+from fasttrain.guard import DeviceOutOfMemory, LossGuard, check_finite_state, non_finite, out_of_memory_message
 from fasttrain.meter import MeanLogs, ThroughputMeter
 from fasttrain.methods import Progress
 from fasttrain.recovery import SavePolicy, rank_state, restore
@@ -112,7 +113,9 @@ class Trainer:
         self._best: dict = {}  # the best epoch's report (and weights), see _keep_best
         self._resumed_from: Path | None = None
         self.saves = SavePolicy(cfg.train.save_every_steps, cfg.train.save_every_minutes)
-        self._last_good = "no checkpoint was written yet"
+        self._last_good = "No checkpoint of this run was written yet"
+        self._resume_note: str | None = None  # "resumed from ...", logged once train.log is open
+        distributed.on_main(remove_stale_temp_files, self.run_dir)  # before anything is written here
         checkpoint = Path(resume) if isinstance(resume, (str, Path)) else self.run_dir / "last.pt"
         if resume and checkpoint.is_file():
             self._resume(checkpoint)
@@ -157,9 +160,14 @@ class Trainer:
         finally:
             bar.close()
         self.method.after_epoch(self.model, progress)
+        # Each rank's forwards updated its own BatchNorm running statistics: from here on every rank
+        # holds rank 0's, so all evaluate (and keep as best) the model that rank 0 saves.
+        distributed.broadcast_buffers(self.model)
         out = distributed.mean_scalars(logs.means())  # training metrics: mean over ranks
         out.update({"lr": lr, **_job_rate(meter.epoch_rate(self.run.device)),
                     "steps": step - start, "train_loss": out.get("loss", float("nan"))})
+        if start:  # resumed mid-epoch: loss, img/s and steps cover only steps start..steps of this epoch
+            out["resumed_at_step"] = start
         out.update(memory_peaks(self.run.device))
         if hasattr(loader, "skipped"):  # DALI skip_corrupt: files dropped so far
             out["skipped_files"] = len(loader.skipped)
@@ -182,12 +190,15 @@ class Trainer:
         cfg = self.cfg
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.run_dir / "config.yaml", self.world_size)
+            with writing(self.run_dir / "config.yaml"):
+                dump_config(cfg, self.run_dir / "config.yaml", self.world_size)
         meter, t0, report, selection_report = ThroughputMeter(), time.perf_counter(), None, None
-        # SIGTERM (schedulers) and SIGINT (Ctrl-C): finish the step, save last.pt, exit cleanly.
+        # SIGTERM (schedulers) and SIGINT (Ctrl-C): finish the step or evaluation, save last.pt, exit 143.
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            with RunLog(self.run_dir, enabled=self.rank == 0, cfg=cfg) as runlog:
+            with self._open_runlog() as runlog:
+                if self._resume_note:
+                    log.info("%s", self._resume_note)  # once, on the console and in train.log
                 for done_here, epoch in enumerate(range(self.start_epoch, cfg.train.epochs)):
                     if cfg.train.stop_after_epochs is not None and done_here >= cfg.train.stop_after_epochs:
                         log.warning("stopping after %d epochs as configured; continue with --resume", done_here)
@@ -204,8 +215,14 @@ class Trainer:
                     record["wall_s"] = time.perf_counter() - t0  # since this invocation started
                     self.history.append(record)
                     runlog.epoch(record)
-                    if _due(cfg.train.save_every, epoch, cfg.train.epochs):
+                    # A stop asked for during the evaluation (or any time after the epoch's last step)
+                    # ends the run here, with this epoch's checkpoint: no step of the next epoch first.
+                    (stop,) = distributed.any_flags(self._stop_requested)
+                    if stop or _due(cfg.train.save_every, epoch, cfg.train.epochs):
                         self._save_last(epoch + 1)
+                    if stop:
+                        distributed.barrier()  # rank 0 has finished writing before any rank exits
+                        raise _Stop()
                 calibration = self._calibrate()
                 if calibration or report is None:  # post-hoc choice, or resumed after the last epoch
                     report = evaluate(self.run)
@@ -223,6 +240,12 @@ class Trainer:
         return StageResult(self.model, summary)
 
     # --- pieces of the loop --------------------------------------------------------------------
+    def _open_runlog(self) -> RunLog:
+        """The run's writers (rank 0's). Opening one writes too (provenance.json, TensorBoard's
+        first event, train.log): a full disk there is a WriteError like any other write."""
+        with writing(self.run_dir):
+            return RunLog(self.run_dir, enabled=self.rank == 0, cfg=self.cfg)
+
     def _set_lr(self, epoch: float) -> float:
         lr = learning_rate(self.cfg.schedule, self.cfg.optim.lr, epoch, self.cfg.train.epochs)
         for group in self.learner.optimizer.param_groups:
@@ -238,7 +261,8 @@ class Trainer:
         found = self.method.calibrate(self.model, build_split_loader(self.run, split), self.run.augmenter)
         log.info("calibrated on the %s split: %s", split, found)
         if self.rank == 0:
-            dump_config(self.cfg, self.run_dir / "config.yaml", self.world_size)
+            with writing(self.run_dir / "config.yaml"):
+                dump_config(self.cfg, self.run_dir / "config.yaml", self.world_size)
         self._save_last(self.cfg.train.epochs)
         return found
 
@@ -263,7 +287,8 @@ class Trainer:
         return self.select == "test" and self.cfg.data.eval_split == "test"
 
     def _keep_best(self, report: dict, epoch: int) -> None:
-        if better(report, self.best, self.select):
+        if better(report, self.best, self.select):  # the same answer on every rank (gathered report)
+            check_finite_state(self.model, None, f"the end of epoch {epoch}", self._last_good)  # before best.pt
             self.best = {"top1": report["top1"], "epoch": epoch, **{k: report[k] for k in ("many", "medium", "few")},
                          "on": self.select}
             # Kept for the summary's `selected`: the report, and (selected on another split than the
@@ -323,13 +348,17 @@ class Trainer:
         held = [n for n in RUN_FILES if (self.run_dir / n).exists()]
         if not held:
             return
-        if not overwrite:
+        # Only a checkpoint (or a finished run's summary) makes a directory "in use": what a run that
+        # failed before its first checkpoint left (config.yaml, train.log, tb/) holds nothing to resume.
+        in_use = [n for n in ("last.pt", "best.pt", "summary.json") if n in held]
+        if in_use and not overwrite:
             raise RunDirectoryInUse(f"{self.run_dir} already holds a run ({', '.join(held)}): continue it with "
                                     "--resume, or start again with --overwrite (deletes those files)")
         for name in held:
             path = self.run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        log.warning("--overwrite: removed %s from %s", ", ".join(held), self.run_dir)
+        why = "--overwrite" if in_use else "left by a run that wrote no checkpoint"
+        log.warning("%s: removed %s from %s", why, ", ".join(held), self.run_dir)
 
     def _check_writable(self) -> None:
         try:
@@ -341,14 +370,18 @@ class Trainer:
                               "choose a writable out_dir (out_dir=/path/with/space)") from None
 
     def _on_signal(self, signum, frame) -> None:
-        log.warning("signal %d received: finishing this step, then saving last.pt", signum)
+        log.warning("signal %d received: finishing this step (or evaluation), then saving last.pt", signum)
         self._stop_requested = True
 
     # --- checkpoints (fasttrain.recovery) ------------------------------------------------------
     def _save_last(self, epoch_done: int, position: int | None = None) -> None:
         """last.pt after `epoch_done` epochs (+ `position` steps of the next). Never after a
-        non-finite loss: the guard checks first. A collective under torchrun; rank 0 writes."""
+        non-finite loss, nor with non-finite weights or optimizer state: both are checked first.
+        A collective under torchrun; rank 0 writes."""
         self.guard.check(self._last_good)
+        when = (f"the end of epoch {epoch_done - 1}" if position is None
+                else f"epoch {epoch_done} step {position - 1} (0-indexed)")
+        check_finite_state(self.model, self.learner.optimizer, when, self._last_good)
         state = self._state(epoch_done, position)
         if self.rank == 0:
             save_checkpoint(state, self.run_dir / "last.pt")
@@ -380,20 +413,28 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path)
+        bad = non_finite(state["model"])
+        if bad:  # written by a diverging run before checkpoints were checked: it cannot be continued
+            raise CheckpointError(f"--resume {path}: the checkpoint holds NaN/inf weights ({len(bad)} of "
+                                  f"{len(state['model'])} tensors, e.g. {bad[0]}); resume from an earlier checkpoint, "
+                                  "or start again with a lower optim.lr")
         self._resumed_from = path
         restore(path, state, model=self.model, learner=self.learner, method=self.method, loader=self.loader,
                 current_config=to_dict(self.cfg), dctx=self.dist)
         self.start_epoch = state["epoch"]
         self.best, self.history = state["best"], state["history"]
-        self._last_good = f"last.pt holds the last good state (epoch {self.start_epoch})"
+        # The loader position counts steps of the epoch the loader was in: an epoch-end checkpoint's
+        # is that finished epoch's last step, and the next epoch starts at step 0.
+        step = int(state["loader"].get("position", 0) or 0) if state["loader"].get("epoch") == self.start_epoch else 0
+        where = f"epoch {self.start_epoch}" + (f", step {step}" if step else "")
+        name = "last.pt" if path == self.run_dir / "last.pt" else str(path)
+        self._last_good = f"{name} holds the last good state ({where}); continue from it with --resume"
+        self._resume_note = f"resumed from {path} at {where}"
         # metrics.jsonl holds each finished epoch once: the checkpoint's history, not what a killed
         # invocation appended after its last checkpoint.
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.run_dir / "metrics.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-            tmp.replace(self.run_dir / "metrics.jsonl")
-        log.info("resumed from %s at epoch %d (step %d)", path, self.start_epoch, state["loader"].get("position", 0))
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
 
 
 def run_training(cfg: RunConfig, resume: bool | str | Path = False, overwrite: bool = False) -> dict:

@@ -96,3 +96,24 @@ def test_a_first_stage_method_cannot_be_a_later_stage(tmp_path):
         method = METHODS[name].__new__(METHODS[name])  # build_model's check runs before any state is used
         with pytest.raises(ValueError, match="single-stage method, cannot continue"):
             method.build_model(None, previous)
+
+
+def test_float_keys_take_scientific_notation_in_files_and_overrides(tmp_path):
+    """YAML 1.1 (PyYAML) reads `1e-3`, `5E-4` and `1e6` as strings; every float key takes them (and
+    `.5`), in a file, in a method section, in a list of floats and on the command line."""
+    p = tmp_path / "sci.yaml"
+    p.write_text("optim:\n  lr: 1e-3\n  weight_decay: 5E-4\n  momentum: .5\n"
+                 "augment:\n  rrc_scale: [8e-2, 1]\n"
+                 "train:\n  dist_timeout_s: 1e6\n"
+                 "method:\n  name: glmc\n  mix_beta: 2e0\n")
+    cfg = load_config(p)
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.momentum) == (1e-3, 5e-4, 0.5)
+    assert cfg.augment.rrc_scale == [0.08, 1.0] and cfg.train.dist_timeout_s == 1e6 and cfg.method.mix_beta == 2.0
+    cfg = load_config(p, ["optim.lr=1e-3", "optim.weight_decay=5E-4", "train.save_every_minutes=1e1",
+                          "method.mix_beta=.25", "data.imbalance_ratio=1E2"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.train.save_every_minutes) == (1e-3, 5e-4, 10.0)
+    assert cfg.method.mix_beta == 0.25 and cfg.data.imbalance_ratio == 100.0
+    with pytest.raises(ConfigError, match="optim.lr: expected float, got '1e-3x'"):
+        load_config(p, ["optim.lr=1e-3x"])
+    with pytest.raises(ConfigError, match="train.epochs: expected int"):  # int keys stay ints
+        load_config(p, ["train.epochs=1e2"])

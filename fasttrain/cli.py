@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 from fasttrain import __version__
@@ -34,17 +37,68 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from fasttrain.evaluation import evaluate_checkpoint
+    from fasttrain.evaluation import checkpoint_evaluation, per_class_rows
 
-    plot = Path(args.plot) if args.plot else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_per_class.png")
-    stem = Path(args.checkpoint).with_name(Path(args.checkpoint).stem)
-    report = evaluate_checkpoint(args.checkpoint, args.overrides, plot=plot, tau=args.tau, tau_head=args.tau_head,
-                                 csv=Path(args.csv) if args.csv else Path(f"{stem}_per_class.csv"),
-                                 confusion=Path(args.confusion) if args.confusion else None)
-    if not args.per_class:
-        report = {k: v for k, v in report.items() if k != "per_class"}
-    print(json.dumps(report, indent=1))
+    checkpoint = Path(args.checkpoint)
+    report, run = checkpoint_evaluation(checkpoint, args.overrides, tau=args.tau, tau_head=args.tau_head,
+                                        confusion=Path(args.confusion) if args.confusion else None)
+    human = sys.stderr if args.json else sys.stdout  # with --json the JSON is all of stdout, for programs
+    print(_eval_headline(report, checkpoint, args.tau), file=human, flush=True)
+    written = ([args.confusion] if args.confusion else []) + _write_eval_files(report, run, checkpoint, args)
+    if written:
+        print(f"wrote {', '.join(map(str, written))}", file=human)
+    if args.json:
+        print(json.dumps(report if args.per_class else {k: v for k, v in report.items() if k != "per_class"},
+                         indent=1))
+    elif args.per_class:
+        _print_table(per_class_rows(report, run.train_set, run.cfg.data.few_shot_rule))
     return 0
+
+
+def _eval_headline(report: dict, checkpoint: Path, tau: float | None) -> str:
+    """`top-1 45.72 % (many … / medium … / few …), ECE …, head fc_cb (fc … / sum …) — CHECKPOINT`."""
+    from fasttrain.textlog import report_headline
+
+    tau_note = f", τ-normalised (τ = {tau:g})" if tau is not None else ""
+    return f"{report_headline(report, report['head'])}{tau_note} — {checkpoint}"
+
+
+def _write_eval_files(report: dict, run, checkpoint: Path, args) -> list[str]:
+    """The per-class CSV and PNG (default beside the checkpoint, none with --no-files); their paths."""
+    from fasttrain.evaluation import class_names, heads_per_class, plot_per_class, write_per_class_csv
+
+    stem = checkpoint.with_name(checkpoint.stem)
+    csv = args.csv or (None if args.no_files else f"{stem}_per_class.csv")
+    plot = args.plot or (None if args.no_files else f"{stem}_per_class.png")
+    if csv:
+        _write_eval_file(csv, lambda path: write_per_class_csv(report, run.train_set, run.cfg.data.few_shot_rule, path))
+    if plot:
+        _write_eval_file(plot, lambda path: plot_per_class(
+            report["per_class"], run.train_set.train_counts, path, title=f"{checkpoint.name}: top-1 {report['top1']:.2f}%",
+            heads=heads_per_class(report), names=class_names(run.train_set)))
+    return [path for path in (csv, plot) if path]
+
+
+def _write_eval_file(path: str, write) -> None:
+    """`write(path)`; a failed write (read-only run directory, full disk) is one line naming the file
+    and the way around it, and leaves no temp file."""
+    from fasttrain.checkpoint import temp_path
+
+    try:
+        write(Path(path))
+    except OSError as exc:
+        temp_path(path).unlink(missing_ok=True)
+        raise WriteError(f"{path}: could not write ({exc.strerror or exc}); name another file with --csv / --plot, "
+                         "or write none with --no-files") from None
+
+
+def _print_table(rows: list[list]) -> None:
+    """Rows as aligned columns (numbers right-aligned, two decimals)."""
+    cells = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    numeric = [isinstance(v, (int, float)) for v in rows[1]] if len(rows) > 1 else [False] * len(widths)
+    for row in cells:
+        print("  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip())
 
 
 def _cmd_configs(args) -> int:
@@ -52,8 +106,13 @@ def _cmd_configs(args) -> int:
 
     rows = list_configs()
     width = max(len(r["name"]) for r in rows)
+    # Descriptions are whole sentences, wrapped to the terminal under their own column.
+    text_width = max(40, shutil.get_terminal_size((120, 24)).columns - width - 3)
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['target'] or r['about']}")
+        lines = textwrap.wrap(r["target"] or r["about"], text_width, break_on_hyphens=False) or [""]
+        print(f"{r['name']:<{width}}  {lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<{width}}  {line}")
     return 0
 
 
@@ -68,18 +127,22 @@ def _cmd_config(args) -> int:
         cfg = load_config(args.rest[0], args.rest[1:])
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from fasttrain.keys import key_reference
+    from fasttrain.keys import format_text, key_reference, method_markdown
 
     section = args.rest[0] if args.rest else None
-    for row in key_reference(section):
-        print(f"{row['key']:<34} {row['type']:<18} {str(row['default']):<14} {row['meaning']}")
+    if args.markdown:  # the README's "Method keys" table, regenerated
+        if section != "method":
+            raise ConfigError("config keys --markdown: only for `config keys method` (README's \"Method keys\")")
+        print(method_markdown())
+        return 0
+    print("\n".join(format_text(key_reference(section))))
     return 0
 
 
 def _cmd_predict(args) -> int:
     from fasttrain.inference import predict
 
-    rows = predict(args.checkpoint, args.target, topk=args.topk, out=args.out, batch_size=args.batch_size,
+    rows = predict(args.checkpoint, args.targets, topk=args.topk, out=args.out, batch_size=args.batch_size,
                    device=args.device)
     if args.out is None:
         for r in rows:
@@ -142,8 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, many/medium/few, ECE, per-class PNG)")
     e.add_argument("checkpoint")
     e.add_argument("overrides", nargs="*", help="section.key=value overrides (e.g. data.root=...)")
-    e.add_argument("--plot", help="where to write the per-class accuracy PNG")
-    e.add_argument("--per-class", action="store_true", help="print per-class accuracies too")
+    e.add_argument("--plot", help="where to write the per-class accuracy PNG; default <checkpoint>_per_class.png")
+    e.add_argument("--per-class", action="store_true", help="print per-class accuracies too (a table; with --json "
+                                                           "in the JSON)")
+    e.add_argument("--json", action="store_true", help="print the whole report as JSON (the only output on stdout; "
+                                                      "the headline goes to stderr)")
+    e.add_argument("--no-files", action="store_true", help="write no per-class CSV / PNG (unless --csv / --plot "
+                                                          "name them)")
     e.add_argument("--tau", type=float, default=None,
                    help="evaluate with a tau-normalised classifier w_c / ||w_c||^tau (decoupling's tau-norm)")
     e.add_argument("--tau-head", default="fc", help="the Linear head --tau normalises (GLMC: fc_cb)")
@@ -163,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.results.cli.main
     pr = sub.add_parser("predict", help="top-k classes of images with a checkpoint (the run's eval transform)")
     pr.add_argument("checkpoint")
-    pr.add_argument("target", help="an image, a folder of images, or a list file of image paths")
+    pr.add_argument("targets", nargs="+", metavar="IMAGE_OR_DIR_OR_LIST",
+                    help="images, folders of images and/or list files of image paths (any number, in order)")
     pr.add_argument("--topk", type=int, default=5)
     pr.add_argument("--out", help="write a CSV (file, class1, name1, prob1, ...) instead of JSON lines")
     pr.add_argument("--batch-size", type=int, default=64)
@@ -184,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("configs", help="list the shipped configs with the numbers they target")
     c.set_defaults(func=_cmd_configs)
     k = sub.add_parser("config", help="`config show CONFIG [overrides]`: the resolved config; "
-                                      "`config keys [SECTION]`: every key with type, default, meaning")
+                                      "`config keys [SECTION]`: every key with type, default, meaning, values")
     k.add_argument("action", choices=["show", "keys"])
-    k.add_argument("rest", nargs="*", help="show: CONFIG [section.key=value ...]; keys: [SECTION]")
+    k.add_argument("rest", nargs="*", help="show: CONFIG [section.key=value ...]; keys: [SECTION], a section "
+                                           "(run, data, ..., method) or one method's keys (method.glmc)")
+    k.add_argument("--markdown", action="store_true", help="keys method: the README's \"Method keys\" table")
     k.set_defaults(func=_cmd_config)
     i = sub.add_parser("info", help="versions, devices and usable optional backends/kernels")
     i.set_defaults(func=_cmd_info)
@@ -215,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, WriteError, FileNotFoundError) as exc:  # the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fasttrain config keys | head`: the reader has gone, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except KeyboardInterrupt:  # Ctrl-C (`train` handles it itself: it saves last.pt and exits 143)
         print(f"error: fasttrain {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130

@@ -17,3 +17,20 @@ def quiet_tvio_deprecation() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=TVIO_DEPRECATION, category=DeprecationWarning)
         yield
+
+
+# Known, harmless notices of the model exporters (`fasttrain export`), muted there and nowhere else:
+# - the ONNX exporter's constant folding skips strided slices (the CIFAR ResNet's option-A shortcut,
+#   x[:, :, ::2, ::2]): the graph is exported exactly, only that fold is not done (three copies);
+# - torch.jit.trace's deprecation: TorchScript is the format asked for, on purpose.
+EXPORT_NOTICES = ((UserWarning, r"Constant folding - Only steps=1 can be constant folded"),
+                  (FutureWarning, r"`torch\.jit\.trace(_method)?` is deprecated"))
+
+
+@contextlib.contextmanager
+def quiet_export_notices() -> Iterator[None]:
+    """Mute EXPORT_NOTICES inside the block; every other warning still shows."""
+    with warnings.catch_warnings():
+        for category, message in EXPORT_NOTICES:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield

@@ -236,6 +236,8 @@ CHOICES = {
     "log.wandb_mode": ["online", "offline", "disabled"],
 }
 
+DEFAULT_METHOD = "ce"  # method.name of a config that names none
+
 # A key that moved: old path -> new path (an old config gets an error naming the new key).
 MOVED = {"loader.mix_impl": "augment.mix_impl"}
 
@@ -455,11 +457,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def config_from_dict(raw: dict, source: str = "<dict>") -> RunConfig:
     """Validate a raw mapping into a RunConfig; errors are prefixed with `source`."""
     raw = dict(raw)
-    method_raw = raw.pop("method", None) or {"name": "ce"}
+    method_raw = raw.pop("method", None) or {"name": DEFAULT_METHOD}
     if not isinstance(method_raw, dict):
         raise ConfigError(f"{source}: method: expected a mapping with a `name`, got {method_raw!r}")
     method_raw = dict(method_raw)
-    name = method_raw.pop("name", "ce")
+    name = method_raw.pop("name", DEFAULT_METHOD)
     if name not in METHODS:
         raise ConfigError(f"{source}: method.name: unknown method {name!r}{suggest(str(name), list(METHODS))}")
     try:

@@ -113,11 +113,11 @@ def tau_norm_section(stored: dict, tau: float, head: str) -> dict:
     return {"name": "tau_norm", "tau": tau, "head": head, "base_method": base, "base_config": base_cfg}
 
 
-def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, plot: Path | None = None,
-                        tau: float | None = None, tau_head: str = "fc", csv: Path | None = None,
-                        confusion: Path | None = None) -> dict:
-    """Evaluate checkpoint `path` with the config stored inside it (plus `overrides`); with `tau`,
-    through a τ-normalised `tau_head` instead of the method's own prediction.
+def checkpoint_evaluation(path: str | Path, overrides: list[str] | None = None, tau: float | None = None,
+                          tau_head: str = "fc", confusion: Path | None = None):
+    """(report, run) of checkpoint `path`, evaluated with the config stored inside it (plus
+    `overrides`); with `tau`, through a τ-normalised `tau_head` instead of the method's own prediction.
+    The report names the head behind its top-1 (`head`, None for one-head models).
 
     Builds only what evaluation needs (no train loader, optimizer or run directory)."""
     from fasttrain.build import build_run
@@ -140,11 +140,21 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, pl
     run = build_run(cfg)
     run.model.load_state_dict(state["model"])
     report = evaluate(run, confusion)
+    report["head"] = run.method.prediction_head()
+    return report, run
+
+
+def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None, plot: Path | None = None,
+                        tau: float | None = None, tau_head: str = "fc", csv: Path | None = None,
+                        confusion: Path | None = None) -> dict:
+    """The report of `checkpoint_evaluation`; with `csv` / `plot`, also the per-class CSV / PNG there."""
+    report, run = checkpoint_evaluation(path, overrides, tau, tau_head, confusion)
     if csv is not None:
-        write_per_class_csv(report, run.train_set, cfg.data.few_shot_rule, csv)
+        write_per_class_csv(report, run.train_set, run.cfg.data.few_shot_rule, csv)
     if plot is not None:
         plot_per_class(report["per_class"], run.train_set.train_counts, plot,
-                       title=f"{Path(path).name}: top-1 {report['top1']:.2f}%", heads=heads_per_class(report))
+                       title=f"{Path(path).name}: top-1 {report['top1']:.2f}%", heads=heads_per_class(report),
+                       names=class_names(run.train_set))
     return report
 
 
@@ -211,32 +221,62 @@ def class_names(dataset) -> list[str]:
     return [str(c) for c in range(dataset.num_classes)]
 
 
-def write_per_class_csv(report: dict, train_set, rule: str, path: Path) -> None:
-    """class, name, train_count, group, accuracy (%) [, accuracy_<head> of each head of a several-head
-    method] — one row per class (temp file + rename)."""
-    import csv
-
+def per_class_rows(report: dict, train_set, rule: str) -> list[list]:
+    """[header, one row per class]: class, name, train_count, group, accuracy (%) [, accuracy_<head> of
+    each head of a several-head method]."""
     groups = shot_groups(train_set.train_counts, rule)
     names = class_names(train_set)
+    heads = heads_per_class(report)
+    rows = [["class", "name", "train_count", "group", "accuracy"] + [f"accuracy_{h}" for h in heads]]
+    for c, acc in enumerate(report["per_class"]):
+        rows.append([c, names[c], int(train_set.train_counts[c]), GROUP_NAMES[groups[c]], acc]
+                    + [per_class[c] for per_class in heads.values()])
+    return rows
+
+
+def write_per_class_csv(report: dict, train_set, rule: str, path: Path) -> None:
+    """`per_class_rows` as CSV (temp file + rename)."""
+    import csv
+
     path = Path(path)
     tmp = temp_path(path)
     with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        heads = heads_per_class(report)
-        w.writerow(["class", "name", "train_count", "group", "accuracy"] + [f"accuracy_{h}" for h in heads])
-        for c, acc in enumerate(report["per_class"]):
-            w.writerow([c, names[c], int(train_set.train_counts[c]), GROUP_NAMES[groups[c]], acc]
-                       + [per_class[c] for per_class in heads.values()])
+        csv.writer(f).writerows(per_class_rows(report, train_set, rule))
     tmp.replace(path)
 
 
-def plot_confusion(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray, path: Path) -> None:
-    """PNG of the row-normalised confusion matrix, classes sorted by train count (head first)."""
+# --- figures ---------------------------------------------------------------------------------------
+
+# Bar colours of the accuracy series (one per head), and the train-count line's: a dark grey that is
+# none of them, so the count line is never mistaken for a head's bars.
+SERIES_COLOURS = ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#937860")
+COUNT_COLOUR = "#222222"
+NAMED_COLUMNS_MAX = 40  # up to this many classes: a column per class, every name under the axis
+NAMED_ROWS_MAX = 150  # up to this many: a row per class (horizontal bars), every name beside it
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write `fig` as PNG at `path` (temp file + rename) and free it."""
+    path = Path(path)
+    tmp = temp_path(path)
+    fig.savefig(tmp, format="png")
+    pyplot().close(fig)
+    tmp.replace(path)
+
+
+def plot_confusion(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.ndarray, path: Path) -> None:
+    """PNG of the row-normalised confusion matrix, classes sorted by train count (head first)."""
+    plt = pyplot()
     c = len(train_counts)
     order = np.argsort(-np.asarray(train_counts), kind="stable")
     rank = np.empty(c, dtype=np.int64)
@@ -252,50 +292,111 @@ def plot_confusion(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.n
     ax.set_ylabel("true class (sorted by training count)")
     fig.colorbar(im, ax=ax, label="fraction of the true class")
     fig.tight_layout()
-    tmp = temp_path(path)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
+
+
+def _plain_numbers(axis) -> None:
+    """Ticks of a log-scaled count axis as plain numbers (5000, not 5x10^3); no minor labels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _columns(ax, series: dict[str, np.ndarray], names: list[str], counts: np.ndarray):
+    """A column group per class (one bar per series), every class name under the axis; the train
+    count as a line on a log axis at the right. Returns that axis."""
+    x = np.arange(len(names))
+    width = 0.85 / len(series)
+    for k, (label, acc) in enumerate(series.items()):
+        ax.bar(x - 0.425 + (k + 0.5) * width, acc, width=width, label=label, color=SERIES_COLOURS[k % 5])
+    long_names = len(names) > 8 or max(len(n) for n in names) > 6
+    ax.set_xticks(x, names, rotation=45 if long_names else 0, ha="right" if long_names else "center",
+                  rotation_mode="anchor", fontsize=8 if len(names) > 20 else 9)
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    counts_ax = ax.twinx()
+    counts_ax.plot(x, counts, color=COUNT_COLOUR, ls="--", marker="o", ms=3, lw=1, label="training images")
+    counts_ax.set_yscale("log")
+    _plain_numbers(counts_ax.yaxis)
+    counts_ax.set_ylabel("training images (log)")
+    return counts_ax
+
+
+def _rows(ax, series: dict[str, np.ndarray], names: list[str], counts: np.ndarray):
+    """`_columns` turned sideways for many classes: a row per class, most frequent on top, every
+    name at the left; the train count on a log axis at the top."""
+    y = np.arange(len(names))
+    height = 0.85 / len(series)
+    for k, (label, acc) in enumerate(series.items()):
+        ax.barh(y - 0.425 + (k + 0.5) * height, acc, height=height, label=label, color=SERIES_COLOURS[k % 5])
+    ax.set_yticks(y, names, fontsize=7)
+    ax.set_ylim(len(names) - 0.4, -0.6)  # the most frequent class on top
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("accuracy (%)")
+    counts_ax = ax.twiny()
+    counts_ax.plot(counts, y, color=COUNT_COLOUR, ls="--", lw=1, label="training images")
+    counts_ax.set_xscale("log")
+    _plain_numbers(counts_ax.xaxis)
+    counts_ax.set_xlabel("training images (log)")
+    return counts_ax
+
+
+def _curve(ax, series: dict[str, np.ndarray], counts: np.ndarray):
+    """Too many classes to name (ImageNet-LT, iNat): accuracy along the classes sorted by count, as
+    faint points and a moving average over 2 % of the classes per series."""
+    x = np.arange(len(counts))
+    window = max(1, len(counts) // 50)
+    for k, (label, acc) in enumerate(series.items()):
+        colour = SERIES_COLOURS[k % 5]
+        ax.plot(x, acc, ".", ms=2, alpha=0.25, color=colour)
+        smooth = np.convolve(acc, np.ones(window) / window, mode="valid")
+        ax.plot(x[window - 1:] - (window - 1) / 2, smooth, color=colour, lw=1.5, label=f"{label}, mean of {window}")
+    ax.set_xlim(0, len(counts) - 1)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("class, sorted by training count (most frequent first)")
+    ax.set_ylabel("accuracy (%)")
+    counts_ax = ax.twinx()
+    counts_ax.plot(x, counts, color=COUNT_COLOUR, ls="--", lw=1, label="training images")
+    counts_ax.set_yscale("log")
+    _plain_numbers(counts_ax.yaxis)
+    counts_ax.set_ylabel("training images (log)")
+    return counts_ax
+
+
+def per_class_figure(per_class: list[float], train_counts: np.ndarray, title: str = "",
+                     heads: dict[str, list[float]] | None = None, names: list[str] | None = None):
+    """The per-class accuracy figure, classes sorted by train count (most frequent first), with the
+    train count as a line: a column per class with its name under the axis (up to NAMED_COLUMNS_MAX
+    classes), a row per class with its name beside it (up to NAMED_ROWS_MAX), else a curve over
+    the sorted classes. With `heads` (GLMC fc / fc_cb, SSD hard / soft) one series per head, so which
+    head favours the head or the tail classes is visible."""
+    plt = pyplot()
+    order = np.argsort(-np.asarray(train_counts), kind="stable")
+    counts = np.asarray(train_counts)[order]
+    names = [str(names[c]) if names else str(c) for c in order]
+    if heads and len(heads) > 1:
+        series = {f"{name} (%)": np.asarray(h)[order] for name, h in heads.items()}
+    else:
+        series = {"test accuracy (%)": np.asarray(per_class)[order]}
+    n = len(counts)
+    if n <= NAMED_COLUMNS_MAX:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * n * len(series) + 3), 4.5), dpi=100, layout="constrained")
+        counts_ax = _columns(ax, series, names, counts)
+    elif n <= NAMED_ROWS_MAX:
+        fig, ax = plt.subplots(figsize=(8, max(4.5, 0.16 * n * len(series) + 1.5)), dpi=100, layout="constrained")
+        counts_ax = _rows(ax, series, names, counts)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.5), dpi=100, layout="constrained")
+        counts_ax = _curve(ax, series, counts)
+    handles = [*ax.get_legend_handles_labels()[0], *counts_ax.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)  # beside the plot: covers no bar
+    ax.set_title(title or "per-class accuracy vs training count")
+    return fig
 
 
 def plot_per_class(per_class: list[float], train_counts: np.ndarray, path: Path, title: str = "",
-                   heads: dict[str, list[float]] | None = None) -> None:
-    """PNG: per-class accuracy (bars, classes sorted by train count) against train count (line).
-    With `heads` (a several-head method: GLMC fc / fc_cb, SSD hard / soft), one bar per head and
-    class side by side instead, so which head favours the head or the tail classes is visible."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(-np.asarray(train_counts), kind="stable")
-    acc = np.asarray(per_class)[order]
-    counts = np.asarray(train_counts)[order]
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
-    shown = {name: np.asarray(h)[order] for name, h in (heads or {}).items()}
-    if len(shown) > 1 and len(acc) <= 100:  # side-by-side bars stay readable up to ~100 classes
-        width = 0.9 / len(shown)
-        for k, (name, h) in enumerate(shown.items()):
-            ax.bar(np.arange(len(h)) - 0.45 + (k + 0.5) * width, h, width=width, label=f"{name} (%)")
-    elif shown:  # many classes: one line per head over the sorted classes
-        ax.bar(np.arange(len(acc)), acc, width=1.0, color="#4c72b0", alpha=0.4, label="reported (%)")
-        for name, h in shown.items():
-            ax.plot(np.arange(len(h)), h, lw=0.8, label=f"{name} (%)")
-    else:
-        ax.bar(np.arange(len(acc)), acc, width=1.0, color="#4c72b0", label="test accuracy (%)")
-    ax.set_xlabel("class (sorted by training count)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax2 = ax.twinx()
-    ax2.plot(np.arange(len(counts)), counts, color="#dd8452", label="training images")
-    ax2.set_yscale("log")
-    ax2.set_ylabel("training images (log)")
-    ax.legend(ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0],
-              ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1], loc="upper right")
-    ax.set_title(title or "per-class accuracy vs training count")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = temp_path(path)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+                   heads: dict[str, list[float]] | None = None, names: list[str] | None = None) -> None:
+    """PNG of `per_class_figure` (class `names` on the axis; indices without them)."""
+    save_figure(per_class_figure(per_class, train_counts, title, heads, names), path)

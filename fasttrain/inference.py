@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch.nn as nn
 
 from fasttrain.build import build_run
 from fasttrain.checkpoint import load_checkpoint
+from fasttrain.compat import quiet_export_notices
 from fasttrain.config import config_from_dict
 from fasttrain.data.index import DatasetError, LTDataset
 from fasttrain.loaders import build_loader
@@ -51,24 +53,33 @@ def _image_files(target: str | Path) -> list[str]:
     target = Path(target)
     if target.is_dir():
         files = sorted(str(p) for p in target.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif not target.is_file():
+        raise FileNotFoundError(f"{target}: no such image, folder or list file")
     elif target.suffix.lower() in IMAGE_SUFFIXES:
         files = [str(target)]
-    elif target.is_file():  # a list file: one path per line (a trailing label is ignored)
+    else:  # a list file: one path per line (a trailing label is ignored)
         lines = [ln.split()[0] for ln in target.read_text().splitlines() if ln.strip()]
         files = [str((target.parent / ln) if not Path(ln).is_absolute() else ln) for ln in lines]
-    else:
-        raise FileNotFoundError(f"{target}: no such image, folder or list file")
     if not files:
         raise DatasetError(f"{target}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
+def image_files(targets: str | Path | list[str | Path]) -> list[str]:
+    """The images of one target or of several, in the order given: an image, every image under a
+    folder (sorted), or the paths listed in a list file."""
+    if isinstance(targets, (str, Path)):
+        targets = [targets]
+    return [file for target in targets for file in _image_files(target)]
+
+
 @torch.no_grad()
-def predict(checkpoint: str | Path, target: str | Path, topk: int = 5, out: str | Path | None = None,
-            batch_size: int = 64, device: str = "auto") -> list[dict]:
-    """Top-k classes for every image of `target`, batched on the run's device; optional CSV."""
+def predict(checkpoint: str | Path, targets: str | Path | list[str | Path], topk: int = 5,
+            out: str | Path | None = None, batch_size: int = 64, device: str = "auto") -> list[dict]:
+    """Top-k classes for every image of `targets` (see `image_files`), batched on the run's device;
+    optional CSV."""
+    files = image_files(targets)  # before the model is built: a wrong path fails at once
     run, meta = load_for_inference(checkpoint, device)
-    files = _image_files(target)
     aug = run.cfg.augment
     if "image_size" in meta:  # an in-memory (CIFAR-style) model: images are brought to its input size
         aug.eval_resize, aug.crop_size = int(min(meta["image_size"])), int(min(meta["image_size"]))
@@ -131,10 +142,20 @@ def export(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
     else:
         predictor = Predictor(run.method, run.model).eval()
         x = example_input(run, meta)
-        if fmt == "torchscript":
-            torch.jit.trace(predictor, x, check_trace=False).save(str(out))
-        else:
-            torch.onnx.export(predictor, (x,), str(out), input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        with quiet_export_notices():
+            if fmt == "torchscript":
+                torch.jit.trace(predictor, x, check_trace=False).save(str(out))
+            else:
+                torch.onnx.export(predictor, (x,), str(out), input_names=["images"], output_names=["logits"],
+                                  dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    give_default_mode(out)
     Path(f"{out}.json").write_text(json.dumps(info, indent=1))
     return out
+
+
+def give_default_mode(path: Path) -> None:
+    """The mode a new file gets here (0666 less the umask): safetensors writes its file 0600, so an
+    export would otherwise be private while its .json and the other formats are not."""
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -44,15 +44,18 @@ def git_state(source: Path | None = None) -> dict:
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 
+def command_line() -> str:
+    """This process's command line as typed (`fasttrain train ...`, or `python -m pytest ...`)."""
+    return "fasttrain " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "fasttrain" else shlex.join(sys.argv)
+
+
 def invocation() -> dict:
     """This process: command line, code version, machine, threads, library versions, start time."""
     device = {"cpu_model": cpu_model(), "machine": platform.machine(), "threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count()}
     if torch.cuda.is_available():
         device["gpu"] = torch.cuda.get_device_name()
-    return {"command": "fasttrain " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "fasttrain"
-            else shlex.join(sys.argv),
-            **git_state(), **device,
+    return {"command": command_line(), **git_state(), **device,
             "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
             "versions": versions(), "host": platform.node(),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -3,7 +3,9 @@
 - a tqdm progress bar per epoch (off with FASTTRAIN_NO_TQDM=1),
 - TensorBoard events under `tb/` (train scalars every `train.log_every` steps, eval per epoch),
 - `metrics.jsonl`: one JSON record per epoch,
-- `train.log`: the plain-text log of the run (every `fasttrain` log line: epochs, warnings, resume),
+- `train.log`: the plain-text log of the run: a header when it starts (command, device, threads,
+  amp, data sizes, steps), a progress line every `train.log_every` steps, one line per epoch, every
+  warning, and a final line with the headline metrics and the wall time (lines: fasttrain.textlog),
 - `summary.json` (written atomically), the per-class accuracy PNG, `per_class.csv` and
   `top1_vs_time.png` (top-1 of each evaluated epoch against wall time) at the end;
 - `provenance.json`: command, git commit, machine, threads and versions of every start and resume;
@@ -16,47 +18,77 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import threading
 from pathlib import Path
 
 from fasttrain import provenance
-from fasttrain.checkpoint import WriteError, temp_path, write_error, write_text_atomic, writing
-from fasttrain.evaluation import heads_per_class, plot_per_class, write_per_class_csv
+from fasttrain.checkpoint import WriteError, write_error, write_text_atomic, writing
+from fasttrain.evaluation import (class_names, heads_per_class, plot_per_class, pyplot, save_figure,
+                                  write_per_class_csv)
+from fasttrain.textlog import epoch_line
 
 log = logging.getLogger("fasttrain")
+# Progress lines go to train.log only while the progress bar shows the same on the console (a log
+# line would break the bar); with the bar off (FASTTRAIN_NO_TQDM=1, a batch job) they go to both.
+PROGRESS = logging.getLogger("fasttrain.progress")
+PROGRESS.propagate = False
+PROGRESS.setLevel(logging.INFO)
 EVAL_KEYS = ("top1", "many", "medium", "few", "ece")
+GROUP_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#55a868"}  # top1_vs_time.png
+
+
+def _y_range(values: list[float]) -> tuple[float, float]:
+    """The accuracy range drawn: the data's, widened to whole tens (at least 20 points), within 0-100."""
+    lo = max(0.0, 10 * math.floor((min(values) - 2) / 10))
+    hi = min(100.0, 10 * math.ceil((max(values) + 2) / 10))
+    if hi - lo < 20:
+        lo, hi = max(0.0, hi - 20), max(hi, 20.0)
+    return lo, hi
+
+
+def top1_vs_time_figure(epochs: list[dict], title: str):
+    """Top-1 (and many / medium / few, and every other head's top-1) of the evaluated epochs against
+    wall-clock minutes; None when no epoch was evaluated. The head behind top-1 is named in its
+    label, not drawn again; the legend sits beside the plot, where it covers no point."""
+    points = [e for e in epochs if e.get("top1") is not None and e.get("wall_s") is not None]
+    if not points:
+        return None
+    plt = pyplot()
+    minutes = [e["wall_s"] / 60 for e in points]
+    top1 = [e["top1"] for e in points]
+    heads = {k[len("top1_"):]: [e.get(k) for e in points]
+             for k in sorted({k for e in points for k in e if k.startswith("top1_")})}  # GLMC fc / fc_cb, SSD III
+    selected = [name for name, values in heads.items() if values == top1]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100, layout="constrained")
+    ax.plot(minutes, top1, marker="o", color="black", lw=2,
+            label="top-1" + (f" ({' = '.join(selected)})" if selected else ""))
+    drawn = list(top1)
+    for key, colour in GROUP_COLOURS.items():
+        values = [e.get(key) for e in points]
+        if any(v is not None for v in values):
+            ax.plot(minutes, values, marker=".", label=key, color=colour, alpha=0.8)
+            drawn += [v for v in values if v is not None]
+    for k, (name, values) in enumerate((n, v) for n, v in heads.items() if n not in selected):
+        ax.plot(minutes, values, ls="--", marker="x", ms=4, color=("#8172b2", "#937860", "#c44e52")[k % 3],
+                label=f"top-1 {name}")
+        drawn += [v for v in values if v is not None]
+    ax.set_xlabel("wall time (min, this invocation)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(*_y_range(drawn))
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    fig.legend(loc="outside right upper", fontsize=8)
+    return fig
 
 
 def plot_top1_vs_time(epochs: list[dict], path: Path, title: str) -> None:
-    """Top-1 (and many / medium / few) of the evaluated epochs against wall-clock minutes."""
-    points = [e for e in epochs if e.get("top1") is not None and e.get("wall_s") is not None]
-    if not points:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    minutes = [e["wall_s"] / 60 for e in points]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(minutes, [e["top1"] for e in points], marker="o", label="top-1", color="black")
-    for key, colour in (("many", "#4c72b0"), ("medium", "#dd8452"), ("few", "#55a868")):
-        if any(e.get(key) is not None for e in points):
-            ax.plot(minutes, [e.get(key) for e in points], marker=".", label=key, color=colour, alpha=0.7)
-    for key in sorted({k for e in points for k in e if k.startswith("top1_")}):  # each head (GLMC, SSD III)
-        ax.plot(minutes, [e.get(key) for e in points], linestyle="--", label=f"top-1 {key[5:]}")
-    ax.set_xlabel("wall time (min, this invocation)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    tmp = temp_path(path)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    """PNG of `top1_vs_time_figure` (nothing when no epoch was evaluated)."""
+    fig = top1_vs_time_figure(epochs, title)
+    if fig is not None:
+        save_figure(fig, path)
 
 
 def start_wandb(cfg, run_dir: Path):
@@ -130,6 +162,7 @@ class RunLog:
         self._handler.setLevel(logging.INFO)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(self._handler)
+        PROGRESS.addHandler(self._handler)
         if log.getEffectiveLevel() > logging.INFO:  # the file gets INFO lines even in quiet sessions
             self._old_level = log.level
             log.setLevel(logging.INFO)
@@ -177,8 +210,14 @@ class RunLog:
         if handler is None:
             return
         log.removeHandler(handler)
+        PROGRESS.removeHandler(handler)
         with writing(self.run_dir / "train.log"):
             handler.close()
+
+    def note(self, text: str) -> None:
+        """One line of the run's log (console and train.log), from rank 0 only."""
+        if self.enabled:
+            log.info("%s", text)
 
     # --- during an epoch ------------------------------------------------------------------------
     def progress(self, epoch: int, steps: int, start: int):
@@ -202,8 +241,16 @@ class RunLog:
             self._writer.add_scalar("train/data_wait_frac", rate["data_wait_frac"], global_step)
             self._writer.add_scalar("train/lr", lr, global_step)
 
+    def progress_line(self, text: str, bar) -> None:
+        """A progress line (`fasttrain.textlog.progress_line`) in train.log; on the console too when
+        there is no progress bar."""
+        if self.enabled:
+            (log if bar.disable else PROGRESS).info("%s", text)
+
     # --- per epoch and at the end ---------------------------------------------------------------
-    def epoch(self, record: dict) -> None:
+    def epoch(self, record: dict, head: str | None = None) -> None:
+        """The epoch's record: metrics.jsonl, TensorBoard, W&B, and its line in the log (`head`: the
+        prediction head the line names, see Method.prediction_head)."""
         if self.enabled:
             with writing(self.run_dir / "metrics.jsonl"), open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -214,8 +261,7 @@ class RunLog:
                         self._writer.add_scalar(f"eval/{k}", record[k], record["epoch"])
         if self._wandb is not None:
             self._wandb.log({f"epoch/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
-        log.info("epoch %d: %s", record["epoch"],
-                 {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()})
+        log.info("%s", epoch_line(record, head))
 
     def finish(self, summary: dict, report: dict, train_set) -> None:
         """The per-class plot and CSV of the final report, and summary.json (temp file + rename)."""
@@ -224,7 +270,8 @@ class RunLog:
         d = self.run_dir
         with writing(d / "per_class_accuracy.png"):
             plot_per_class(report["per_class"], train_set.train_counts, d / "per_class_accuracy.png",
-                           title=f"{summary['name']}: top-1 {report['top1']:.2f}%", heads=heads_per_class(report))
+                           title=f"{summary['name']}: top-1 {report['top1']:.2f}%", heads=heads_per_class(report),
+                           names=class_names(train_set))
         with writing(d / "per_class.csv"):
             write_per_class_csv(report, train_set, report["few_shot_rule"], d / "per_class.csv")
         with writing(d / "top1_vs_time.png"):

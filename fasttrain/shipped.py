@@ -38,17 +38,35 @@ def _header(path: Path) -> list[str]:
     return lines
 
 
+# Words whose period ends no sentence ("Kang et al. 2020", "e.g. a folder").
+_ABBREVIATION = re.compile(r"\b(?:et al|e\.g|i\.e|vs|cf|approx|Fig|Eq|resp)$")
+_TARGET = re.compile(r"(?:[Tt]argets?|[Nn]umbers?)[^.:]{0,40}:\s*(.+)")
+
+
+def sentences(lines: list[str]) -> list[str]:
+    """The sentences of header `lines`: each ends at `.`, `!` or `?` before a space (not after an
+    abbreviation), or at a `:` that ends a line (what follows is a command or a list)."""
+    text = "\n".join(lines)
+    out, start = [], 0
+    for m in re.finditer(r"[.!?](?=\s)|:(?=\n)", text):
+        if m.group() == "." and _ABBREVIATION.search(text[start:m.start()]):
+            continue
+        out.append(" ".join(text[start:m.end()].split()))
+        start = m.end()
+    rest = " ".join(text[start:].split())
+    return out + ([rest] if rest else [])
+
+
 def list_configs() -> list[dict]:
-    """Every shipped config: name, first header line, and the header's target sentence(s)."""
+    """Every shipped config: name, the header's first sentence, and its target sentence(s) (after
+    "Target(s):" / "... number(s) ...:"), whole sentences, never cut."""
     root = configs_dir()
     out = []
     for path in sorted(root.rglob("*.yaml")):
         if path.name.startswith("_"):  # shared bases, not runnable on their own
             continue
-        header = _header(path)
-        text = " ".join(header)
-        # "Target: 82.46 ...", "Targets: paper ...", "Literature CE number this targets: 70.4 ..."
-        targets = re.findall(r"(?:[Tt]argets?|[Nn]umbers?)[^.:]{0,40}:\s*([^#]*?)(?:\.\s|\.$|$)", text)
-        out.append({"name": str(path.relative_to(root).with_suffix("")), "about": header[0] if header else "",
-                    "target": "; ".join(t.strip() for t in targets if t.strip())})
+        said = sentences(_header(path))
+        targets = [m.group(1).rstrip(".") for s in said if (m := _TARGET.search(s))]
+        out.append({"name": str(path.relative_to(root).with_suffix("")), "about": said[0] if said else "",
+                    "target": "; ".join(targets)})
     return out

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from fasttrain import distributed
+from fasttrain import distributed, provenance
 from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import (CheckpointError, load_checkpoint, remove_stale_temp_files, save_checkpoint,
                                   write_text_atomic, writing)
@@ -38,6 +38,7 @@ from fasttrain.runlog import EVAL_KEYS, RunLog
 from fasttrain.schedules import learning_rate
 from fasttrain.selection import better, selected_section, selection_split
 from fasttrain.step import train_step
+from fasttrain.textlog import etas, final_line, header_lines, progress_line
 
 log = logging.getLogger("fasttrain")
 
@@ -115,6 +116,7 @@ class Trainer:
         self.saves = SavePolicy(cfg.train.save_every_steps, cfg.train.save_every_minutes)
         self._last_good = "No checkpoint of this run was written yet"
         self._resume_note: str | None = None  # "resumed from ...", logged once train.log is open
+        self._eval_seconds: list[float] = []  # each evaluation's duration: the progress lines' ETA
         distributed.on_main(remove_stale_temp_files, self.run_dir)  # before anything is written here
         checkpoint = Path(resume) if isinstance(resume, (str, Path)) else self.run_dir / "last.pt"
         if resume and checkpoint.is_file():
@@ -129,13 +131,14 @@ class Trainer:
         cfg, loader = self.cfg, self.loader
         self.model.train()
         loader.set_epoch(epoch)
-        steps = min(len(loader), cfg.train.max_steps_per_epoch or len(loader))
+        steps = self._steps_per_epoch()
         start = step = loader.position
         progress = Progress(epoch, cfg.train.epochs, start, steps)
         lr = self._set_lr(epoch)
         logs = MeanLogs()
         bar = runlog.progress(epoch, steps, start)
         meter.start_window()
+        started = time.perf_counter()
         try:  # the bar is closed however the epoch ends, so an error message starts on a clean line
             for batch in meter.timed(loader, steps - start):
                 progress.step = step
@@ -153,8 +156,11 @@ class Trainer:
                 bar.update(1)
                 if step % cfg.train.log_every == 0 or step == steps:
                     self.guard.check(self._last_good)
-                    runlog.train(epoch * steps + step, distributed.mean_scalars(logs.means()),
-                                 _job_rate(meter.read(self.run.device)), lr, bar)
+                    scalars = distributed.mean_scalars(logs.means())
+                    rate = _job_rate(meter.read(self.run.device))
+                    runlog.train(epoch * steps + step, scalars, rate, lr, bar)
+                    per_step = (time.perf_counter() - started) / (step - start)
+                    runlog.progress_line(self._progress_text(epoch, step, steps, scalars, rate, lr, per_step), bar)
                 if micro == group - 1:  # an optimizer-step boundary: a consistent state to checkpoint
                     self._checkpoint_inside_epoch(epoch, step, steps)
         finally:
@@ -197,6 +203,9 @@ class Trainer:
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             with self._open_runlog() as runlog:
+                for line in header_lines(provenance.command_line(), cfg, self.run, self.run_dir,
+                                         self._steps_per_epoch(), len(self.method.streams()), self.world_size):
+                    runlog.note(line)  # before the first step: what this run is about to do
                 if self._resume_note:
                     log.info("%s", self._resume_note)  # once, on the console and in train.log
                 for done_here, epoch in enumerate(range(self.start_epoch, cfg.train.epochs)):
@@ -205,6 +214,7 @@ class Trainer:
                         return StageResult(self.model, {"stopped_at_epoch": epoch, "name": cfg.name})
                     record = {"epoch": epoch, **self.train_epoch(epoch, runlog, meter)}
                     if _due(cfg.train.eval_every, epoch, cfg.train.epochs):
+                        evaluation_started = time.perf_counter()
                         report = evaluate(self.run)
                         record.update({k: report[k] for k in EVAL_KEYS})
                         record.update(head_scalars(report))  # top1_<head> of several-head methods (SSD III)
@@ -212,9 +222,10 @@ class Trainer:
                         if selection_report is not report:
                             record[f"{self.select}_top1"] = selection_report["top1"]
                         self._keep_best(selection_report, epoch)
+                        self._eval_seconds.append(time.perf_counter() - evaluation_started)
                     record["wall_s"] = time.perf_counter() - t0  # since this invocation started
                     self.history.append(record)
-                    runlog.epoch(record)
+                    runlog.epoch(record, self.method.prediction_head())
                     # A stop asked for during the evaluation (or any time after the epoch's last step)
                     # ends the run here, with this epoch's checkpoint: no step of the next epoch first.
                     (stop,) = distributed.any_flags(self._stop_requested)
@@ -231,6 +242,7 @@ class Trainer:
                 if calibration:
                     summary["calibration"] = calibration
                 runlog.finish(summary, report, self.run.train_set)
+                runlog.note(final_line(summary, self.method.prediction_head()))
         except _Stop:
             log.warning("stopped by signal; resume with --resume")
             raise SystemExit(143) from None
@@ -240,6 +252,20 @@ class Trainer:
         return StageResult(self.model, summary)
 
     # --- pieces of the loop --------------------------------------------------------------------
+    def _steps_per_epoch(self) -> int:
+        return min(len(self.loader), self.cfg.train.max_steps_per_epoch or len(self.loader))
+
+    def _progress_text(self, epoch: int, step: int, steps: int, scalars: dict, rate: dict, lr: float,
+                       per_step: float) -> str:
+        """The progress line after `step`, with the ETAs at this epoch's time per step so far (and
+        the evaluations still due at their measured time)."""
+        epochs, every = self.cfg.train.epochs, self.cfg.train.eval_every
+        evals_left = sum(_due(every, e, epochs) for e in range(epoch, epochs))
+        per_eval = sum(self._eval_seconds) / len(self._eval_seconds) if self._eval_seconds else 0.0
+        eta_epoch, eta_all = etas(epoch, epochs, step, steps, per_step, evals_left, per_eval)
+        return progress_line(epoch, epochs, step, steps, scalars, rate, lr, eta_epoch, eta_all,
+                             eval_unknown=evals_left > 0 and not self._eval_seconds)
+
     def _open_runlog(self) -> RunLog:
         """The run's writers (rank 0's). Opening one writes too (provenance.json, TensorBoard's
         first event, train.log): a full disk there is a WriteError like any other write."""

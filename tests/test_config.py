@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import yaml
 
@@ -117,3 +119,25 @@ def test_float_keys_take_scientific_notation_in_files_and_overrides(tmp_path):
         load_config(p, ["optim.lr=1e-3x"])
     with pytest.raises(ConfigError, match="train.epochs: expected int"):  # int keys stay ints
         load_config(p, ["train.epochs=1e2"])
+
+
+def test_configs_lists_whole_sentences_wrapped_to_the_terminal(monkeypatch, capsys):
+    """`fasttrain configs` never cuts a description mid-sentence ("Kang et al. 2020" is no sentence
+    end; a line ending in ':' is), and wraps long ones under their column to the terminal width."""
+    from fasttrain.cli import main
+    from fasttrain.shipped import list_configs, sentences
+
+    assert sentences(["A b (Kang et al. 2020) c. Next one", "goes on: e.g. here.", "Runs:", "  cmd x.y"]) == [
+        "A b (Kang et al. 2020) c.", "Next one goes on: e.g. here.", "Runs:", "cmd x.y"]
+    rows = {r["name"]: r for r in list_configs()}
+    assert rows["ce/imagenet_lt_r50"]["target"] == ("41.6 (ResNet-50, 90 ep; Kang et al. 2020) / 44.4 with ResNeXt-50 "
+                                                    "(METHODS.md §2.14, recalled)")
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    start = next(i for i, line in enumerate(lines) if line.startswith("ce/imagenet_lt_r50 "))
+    block = [lines[start], *itertools.takewhile(lambda line: line.startswith(" "), lines[start + 1:])]
+    assert len(block) > 1  # wrapped, not cut
+    assert "Kang et al. 2020) / 44.4 with ResNeXt-50 (METHODS.md §2.14, recalled)" in " ".join(
+        line.strip() for line in block)

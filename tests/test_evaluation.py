@@ -94,3 +94,61 @@ def test_several_heads_get_their_own_csv_columns_and_bars(tmp_path):
         matplotlib.axes.Axes.bar = real_bar
     assert drawn == ["fc (%)", "fc_cb (%)"]
     assert (tmp_path / "pc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _colour_distance(a, b) -> float:
+    from matplotlib.colors import to_rgb
+
+    return float(np.abs(np.subtract(to_rgb(a), to_rgb(b))).sum())
+
+
+def test_per_class_figure_names_every_class_and_keeps_the_count_line_apart_from_the_bars():
+    """10 classes: every class name under the axis, sorted by train count (most first); 60 classes:
+    a named row each; 1000: a curve over the sorted classes. The train-count line's colour is far
+    from every head's bars (GLMC fc / fc_cb / sum)."""
+    from matplotlib.patches import Rectangle
+
+    from fasttrain.evaluation import per_class_figure, pyplot
+
+    counts = np.array([83, 5000, 1796, 1077, 645, 387, 232, 139, 2997, 50])  # not in index order
+    acc = list(np.linspace(10, 90, 10))
+    heads = {"fc": acc, "fc_cb": acc[::-1], "sum": acc}
+    fig = per_class_figure(acc, counts, "t", heads=heads, names=CIFAR10_NAMES)
+    ax, counts_ax = fig.axes[:2]
+    by_count = [CIFAR10_NAMES[c] for c in np.argsort(-counts, kind="stable")]
+    assert [t.get_text() for t in ax.get_xticklabels()] == by_count
+    bar_colours = {p.get_facecolor() for p in ax.patches if isinstance(p, Rectangle)}
+    assert len(bar_colours) == 3
+    line = counts_ax.get_lines()[0]
+    assert min(_colour_distance(line.get_color(), c) for c in bar_colours) > 0.6
+    assert ax.get_legend() is None and fig.legends  # the legend beside the plot, over no bar
+    pyplot().close(fig)
+
+    names = [f"class_{i}" for i in range(60)]
+    fig = per_class_figure(list(np.linspace(0, 100, 60)), np.arange(60, 0, -1), names=names)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == names
+    pyplot().close(fig)
+    fig = per_class_figure(list(np.linspace(0, 100, 1000)), np.arange(1000, 0, -1))
+    assert fig.axes[0].get_xlabel().startswith("class, sorted by training count") and len(fig.axes[0].get_xticks()) < 20
+    pyplot().close(fig)
+
+
+def test_top1_vs_time_draws_the_selected_head_once_beside_a_legend_out_of_the_way():
+    """GLMC's top1 is its fc_cb head: one curve labelled `top-1 (fc_cb)`, the other heads dashed;
+    the y-range fits the data (not 0-100 for accuracies of 20-50 %); the legend is outside the axes."""
+    from fasttrain.evaluation import pyplot
+    from fasttrain.runlog import top1_vs_time_figure
+
+    epochs = [{"epoch": e, "wall_s": 60.0 * (e + 1), "top1": 30.0 + 2 * e, "many": 45.0 + e, "medium": 28.0 + e,
+               "few": 20.0 + 3 * e, "top1_fc": 25.0 + e, "top1_fc_cb": 30.0 + 2 * e, "top1_sum": 27.0 + e}
+              for e in range(8)]
+    fig = top1_vs_time_figure(epochs, "glmc")
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == ["top-1 (fc_cb)", "many", "medium", "few", "top-1 fc", "top-1 sum"]
+    assert ax.get_ylim() == (10.0, 60.0)
+    assert ax.get_legend() is None and fig.legends
+    pyplot().close(fig)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,71 @@ def test_export_onnx_when_its_runtime_is_installed(checkpoint, tmp_path):
     want = Predictor(run.method, run.model).eval()(x).detach().numpy()
     got = ort.InferenceSession(str(out)).run(None, {"images": x.contiguous().numpy()})[0]
     assert abs(got - want).max() < 1e-4
+
+
+def test_predict_takes_several_images_folders_and_list_files(checkpoint, tmp_path, capsys):
+    """`fasttrain predict CKPT a.jpg b.jpg c.jpg` (and folders / list files among them): one JSON line
+    per image, in the order given; a missing one is one line naming it, exit 2."""
+    from fasttrain.cli import main
+
+    images = checkpoint.parents[2] / "syn" / "test"
+    files = sorted(images.rglob("*.jpg"))
+    three = [files[2], files[0], files[-1]]
+    assert main(["predict", str(checkpoint), *map(str, three), "--topk", "1", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["file"] for r in rows] == [str(f) for f in three]
+    listed = tmp_path / "two.txt"
+    listed.write_text(f"{files[1]} 0\n{files[3]}\n")
+    assert main(["predict", str(checkpoint), str(files[0]), str(images / "c0001"), str(listed), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    folder = sorted(str(f) for f in (images / "c0001").rglob("*.jpg"))
+    assert [r["file"] for r in rows] == [str(files[0]), *folder, str(files[1]), str(files[3])]
+    assert main(["predict", str(checkpoint), str(files[0]), str(tmp_path / "missing.jpg"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {tmp_path / 'missing.jpg'}: no such image, folder or list file"
+
+
+def test_eval_prints_its_headline_first_and_names_the_files_it_writes(checkpoint, tmp_path, capsys):
+    """`fasttrain eval`: line 1 the headline (top-1, many / medium / few, ECE, the checkpoint), line 2
+    the files written; --no-files writes none; --json prints the report alone on stdout."""
+    from fasttrain.cli import main
+
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(checkpoint.read_bytes())
+    assert main(["eval", str(ckpt)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"top-1 [\d.]+ % \(many .+ / medium .+ / few .+\), ECE [\d.]+ % — " + re.escape(str(ckpt)),
+                        lines[0]), lines[0]
+    assert lines[1:] == [f"wrote {tmp_path / 'best_per_class.csv'}, {tmp_path / 'best_per_class.png'}"]
+    assert (tmp_path / "best_per_class.csv").is_file() and (tmp_path / "best_per_class.png").is_file()
+    (tmp_path / "best_per_class.csv").unlink()
+    assert main(["eval", str(ckpt), "--no-files", "--json"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert out.err.splitlines()[0].startswith(f"top-1 {report['top1']:.2f} %") and "per_class" not in report
+    assert not (tmp_path / "best_per_class.csv").exists()
+
+
+def test_export_is_quiet_and_its_files_get_the_usual_mode(checkpoint, tmp_path):
+    """Every format and its .json get 0666 less the umask (safetensors writes 0600 itself); the
+    exporters' known harmless notices are muted, while any other warning still shows."""
+    import os
+    import warnings
+
+    from fasttrain.compat import quiet_export_notices
+
+    umask = os.umask(0)
+    os.umask(umask)
+    formats = ["safetensors", "torchscript"] + (["onnx"] if importlib.util.find_spec("onnx") else [])
+    for fmt in formats:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = export(checkpoint, fmt, tmp_path / f"model.{fmt}")
+        assert [str(w.message) for w in caught if issubclass(w.category, (UserWarning, FutureWarning))] == [], fmt
+        for path in (out, Path(f"{out}.json")):
+            assert path.stat().st_mode & 0o777 == 0o666 & ~umask, (fmt, oct(path.stat().st_mode))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_export_notices():
+            warnings.warn("a real problem", UserWarning)
+    assert [str(w.message) for w in caught] == ["a real problem"]

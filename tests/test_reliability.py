@@ -94,16 +94,29 @@ def test_resumed_metrics_hold_each_epoch_once(tmp_path):
     assert epochs == [0, 1] and 123.0 not in [json.loads(x).get("loss") for x in metrics.read_text().splitlines()]
 
 
-def test_ctrl_c_saves_at_the_next_step_and_exits_cleanly(tmp_path):
-    cfg = tiny(tmp_path, "train.epochs=3", "train.max_steps_per_epoch=4")
-    trainer = Trainer(cfg, tmp_path / "runs" / "int")
-    after_step_at(trainer, 1, 1, lambda: os.kill(os.getpid(), signal.SIGINT))  # what Ctrl-C sends, after step 2
-    with pytest.raises(SystemExit) as exc:
-        trainer.fit()
-    assert exc.value.code == 143
-    state = load_checkpoint(tmp_path / "runs" / "int" / "last.pt")
-    assert state["epoch"] == 1 and state["loader"]["position"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+# The SIGINT disposition the process starts with: Python's own handler (a terminal), or ignored (a
+# process started in the background, `nohup pytest ... &`, inherits SIG_IGN). The test sets each
+# itself, so it passes however pytest was launched.
+INHERITED_SIGINT = {"terminal": signal.default_int_handler, "background": signal.SIG_IGN}
+
+
+@pytest.mark.parametrize("launched", list(INHERITED_SIGINT))
+def test_ctrl_c_saves_at_the_next_step_and_exits_cleanly(launched, tmp_path):
+    """SIGINT after step 2: last.pt at that step, exit 143, and the SIGINT handler afterwards is the
+    one the process had before (default, or ignored as under nohup)."""
+    before = signal.signal(signal.SIGINT, INHERITED_SIGINT[launched])
+    try:
+        cfg = tiny(tmp_path, "train.epochs=3", "train.max_steps_per_epoch=4")
+        trainer = Trainer(cfg, tmp_path / "runs" / "int")
+        after_step_at(trainer, 1, 1, lambda: os.kill(os.getpid(), signal.SIGINT))  # what Ctrl-C sends, after step 2
+        with pytest.raises(SystemExit) as exc:
+            trainer.fit()
+        assert exc.value.code == 143
+        state = load_checkpoint(tmp_path / "runs" / "int" / "last.pt")
+        assert state["epoch"] == 1 and state["loader"]["position"] == 2
+        assert signal.getsignal(signal.SIGINT) is INHERITED_SIGINT[launched]  # restored to what it was
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 # --- faults: a full disk, a diverging run, torchrun evaluation, Ctrl-C during evaluation --------------

@@ -60,13 +60,14 @@ def test_cli_reports_misspelt_key_without_traceback(tmp_path):
 def test_cli_eval_checkpoint(cifar10_root, tmp_path):
     run_training(load_config(CONFIG, overrides(cifar10_root, tmp_path, ["train.epochs=1", "train.max_steps_per_epoch=3"])))
     ckpt = tmp_path / "ce_cifar10_lt_r100" / "best.pt"
-    proc = subprocess.run([sys.executable, "-m", "fasttrain.cli", "eval", str(ckpt), "loader.num_workers=0"],
+    proc = subprocess.run([sys.executable, "-m", "fasttrain.cli", "eval", str(ckpt), "loader.num_workers=0", "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ce_cifar10_lt_r100" / "best_per_class.csv").is_file()
-    report = json.loads(proc.stdout)
+    report = json.loads(proc.stdout)  # --json: the report is all of stdout
     assert 0 <= report["top1"] <= 100 and report["many_classes"] == 8
     assert (tmp_path / "ce_cifar10_lt_r100" / "best_per_class.png").is_file()
+    assert f"top-1 {report['top1']:.2f} %" in proc.stderr and "wrote " in proc.stderr  # the lines for a person
 
 
 def test_cli_info():

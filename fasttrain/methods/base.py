@@ -30,12 +30,23 @@ def register(cls: type["Method"]) -> type["Method"]:
     return cls
 
 
+def first_stage_methods() -> list[str]:
+    """The methods a later stage may name as `base_method` (read from the registry at call time)."""
+    return sorted(n for n, m in METHODS.items() if builds_own_structure(m))
+
+
 @dataclass
 class MethodConfig:
     """Base of every method's config section (`method:` in YAML). `name` is filled in from the
-    method class (the registry key); a method's file never repeats it."""
+    method class (the registry key); a method's file never repeats it.
 
-    name: str = ""
+    `CHOICES` (a class attribute, not a key) maps a key with a closed set of values to those values
+    (the constant or registry `validate` checks against, or a function returning them); subclasses add
+    theirs. `fasttrain config keys method` lists them (fasttrain.keys)."""
+
+    name: str = ""  # which method (a name of the METHODS registry)
+
+    CHOICES = {}
 
     def validate(self) -> None:
         """Raise ValueError naming the key for impossible values."""
@@ -50,11 +61,13 @@ class StageMethodConfig(MethodConfig):
     checkpoint of the earlier run loads strictly.
     """
 
-    base_method: str = "glmc"
-    base_config: dict = field(default_factory=dict)
+    base_method: str = "glmc"  # the model structure to build when started alone (model.init_from)
+    base_config: dict = field(default_factory=dict)  # base_method's own keys for that structure
+
+    CHOICES = {"base_method": first_stage_methods}
 
     def validate(self) -> None:
-        first_stage = sorted(n for n, m in METHODS.items() if builds_own_structure(m))
+        first_stage = first_stage_methods()
         if self.base_method not in first_stage:
             raise ValueError(f"method.base_method: expected one of {first_stage}, got {self.base_method!r}")
 
@@ -234,6 +247,11 @@ class Method:
     # --- inference -----------------------------------------------------------------------------
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
+
+    def prediction_head(self) -> str | None:
+        """The head whose logits are the prediction (top-1, best.pt, predict), for the reports that
+        name it; None for a model with one classifier."""
+        return None
 
     def head_logits(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the prediction's logits, {head: logits} of each head when the method has several) from one

@@ -36,6 +36,8 @@ class CEConfig(MethodConfig):
     focal_gamma: float = 0.0  # γ of the focal loss; 0 = cross-entropy
     focal_pt: bool = False  # focal: p from the softmax instead of exp(−weighted CE) (code: false)
 
+    CHOICES = {"reweight": REWEIGHTS}
+
     def validate(self) -> None:
         if self.reweight not in REWEIGHTS:
             raise ValueError(f"method.reweight: expected one of {list(REWEIGHTS)}, got {self.reweight!r}")

@@ -41,6 +41,8 @@ class FBLConfig(MethodConfig):
     mixup: bool = False  # the code's --mixup (off by default)
     mixup_beta: float = 1.0  # λ ~ Beta(β, β)
 
+    CHOICES = {"curriculum": CURRICULA, "stimulus_norm": STIMULUS_NORMS}
+
     def validate(self) -> None:
         if not (math.isfinite(self.stimulus_scale) and self.stimulus_scale >= 0):
             raise ValueError(f"method.stimulus_scale: expected a finite value >= 0, got {self.stimulus_scale!r}")

@@ -54,11 +54,13 @@ class GLMCConfig(MethodConfig):
     predict_head: str = "fc_cb"
     # Projector/predictor width k; None = the code's choice (128 for d <= 256, else 256).
     proj_dim: int | None = None
-    # Scale of the reweighted terms: batch = their mean over the B rows as the code (an instance-
-    # sampled row carries on average Σ_c P(c) w_c of the plain terms' label mass: 0.16 on
-    # CIFAR-10-LT ρ=100 at γ = 1, so the backbone's gradient shrinks ~6x as α(e) hands the loss to
-    # fc_cb; 200 epochs absorb that, a few do not); expected = divided by that constant (the two
-    # streams' mean label weight, from the train counts, q and γ), so both terms carry one scale.
+    # Scale of the reweighted terms: batch = their mean over the B rows (code) | expected = divided by
+    # the two streams' mean label weight (a constant from the train counts, q and γ), so both terms
+    # carry one scale.
+    #
+    # Why: an instance-sampled row carries on average Σ_c P(c) w_c of the plain terms' label mass
+    # (0.16 on CIFAR-10-LT ρ=100 at γ = 1), so under `batch` the backbone's gradient shrinks ~6x as
+    # α(e) hands the loss to fc_cb; 200 epochs absorb that, a few do not.
     weighted_loss_norm: str = "batch"
     # Exponent p of the cumulative coefficient α(e) = 1 − (e/E)^p (code: 2). A smaller p hands the
     # loss to the reweighted head fc_cb earlier: in a run of a few epochs p = 2 leaves fc_cb, the
@@ -67,6 +69,8 @@ class GLMCConfig(MethodConfig):
     # Head init: auto = Kaiming-normal fan-in on the CIFAR ResNet (its code inits every
     # Linear so), PyTorch default on torchvision trunks (their init loop skips Linear).
     head_init: str = "auto"
+
+    CHOICES = {"weighted_loss_norm": WEIGHTED_LOSS_NORMS, "predict_head": PREDICT_HEADS, "head_init": HEAD_INITS}
 
     def validate(self) -> None:
         if self.resample_q < 0:
@@ -217,6 +221,9 @@ class GLMC(Method):
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         logits, logits_cb, _, _ = model(x)
         return select_logits(logits, logits_cb, self.cfg.predict_head)
+
+    def prediction_head(self) -> str | None:
+        return self.cfg.predict_head if self.cfg.separate_cb_head else None
 
     @torch.no_grad()
     def head_logits(self, model: nn.Module, x: torch.Tensor):

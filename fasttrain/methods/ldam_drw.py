@@ -51,6 +51,8 @@ class LDAMDRWConfig(MethodConfig):
     cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
     weighted_mean: bool = True  # divide by Σ w_y as F.cross_entropy(weight=) does (code)
 
+    CHOICES = {"reweight": REWEIGHTS}
+
     def validate(self) -> None:
         if not (math.isfinite(self.max_margin) and self.max_margin >= 0):
             raise ValueError(f"method.max_margin: expected a finite value >= 0, got {self.max_margin!r}")

@@ -43,6 +43,8 @@ class MaxNormConfig(HeadRetrainConfig):
     loss: str = "cb_softmax_bce"  # cb_softmax_bce (reference code) | cb_ce
     cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
 
+    CHOICES = {"pgd_every": PGD_EVERY, "loss": LOSSES}
+
     def validate(self) -> None:
         super().validate()
         if self.pgd_every not in PGD_EVERY:

@@ -29,6 +29,8 @@ class HeadRetrainConfig(StageMethodConfig):
     sampler_q: float = 1.0  # sampler power: weights n_c^-q
     class_aware_k: int = 2  # sampler class_aware: samples per drawn class
 
+    CHOICES = {"bn_mode": BN_MODES, "sampler": SAMPLERS}
+
     def validate(self) -> None:
         super().validate()
         if self.bn_mode not in BN_MODES:
@@ -65,6 +67,9 @@ class HeadRetraining(StageMethod):
 
     def check_model(self, model: nn.Module) -> None:
         self.head_of(model)  # fail early on a wrong `head`
+
+    def prediction_head(self) -> str | None:
+        return self.cfg.head
 
     def head_of(self, model: nn.Module) -> nn.Module:
         head = getattr(model, self.cfg.head, None)

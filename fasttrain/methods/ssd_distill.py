@@ -48,6 +48,8 @@ class SSDDistillConfig(StageMethodConfig):
     # Evaluation reports all three; which one the paper's number uses is not verified.
     predict_head: str = "soft"
 
+    CHOICES = {"teacher_bn_mode": BN_MODES, "predict_head": PREDICT_HEADS}
+
     def validate(self) -> None:
         super().validate()
         if not self.temperature > 0:
@@ -161,6 +163,9 @@ class SSDDistill(StageMethod):
         return loss, logs
 
     # --- inference -------------------------------------------------------------------------------
+    def prediction_head(self) -> str | None:
+        return self.cfg.predict_head
+
     @torch.no_grad()
     def head_logits(self, model: nn.Module, x: torch.Tensor):
         hard, soft = model(x)

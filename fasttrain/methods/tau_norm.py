@@ -24,6 +24,7 @@ from fasttrain.methods.base import register
 from fasttrain.methods.retrain import HeadRetrainConfig, HeadRetraining
 
 BIAS = ("drop", "keep")
+TAU_SPLITS = ("test", "val")  # data.eval_split names
 
 
 def default_grid() -> list[float]:
@@ -33,9 +34,11 @@ def default_grid() -> list[float]:
 @dataclass
 class TauNormConfig(HeadRetrainConfig):
     tau: float | None = None  # None: search `tau_grid` on `tau_split`
-    tau_grid: list[float] = field(default_factory=default_grid)
+    tau_grid: list[float] = field(default_factory=default_grid)  # the τ searched when tau is None
     tau_split: str = "val"  # test | val (a data.eval_split name)
     bias: str = "drop"  # drop (reference notebook) | keep
+
+    CHOICES = {"tau_split": TAU_SPLITS, "bias": BIAS}
 
     def validate(self) -> None:
         super().validate()
@@ -45,7 +48,7 @@ class TauNormConfig(HeadRetrainConfig):
             raise ValueError("method.tau_grid: empty; give at least one τ (or set method.tau)")
         if any(not (math.isfinite(t) and t >= 0) for t in self.tau_grid):
             raise ValueError(f"method.tau_grid: expected finite values >= 0, got {self.tau_grid!r}")
-        if self.tau_split not in ("test", "val"):
+        if self.tau_split not in TAU_SPLITS:
             raise ValueError(f"method.tau_split: expected test or val, got {self.tau_split!r}")
         if self.bias not in BIAS:
             raise ValueError(f"method.bias: expected one of {list(BIAS)}, got {self.bias!r}")

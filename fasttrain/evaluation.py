@@ -335,12 +335,7 @@ def _rows(ax, series: dict[str, np.ndarray], names: list[str], counts: np.ndarra
     ax.set_ylim(len(names) - 0.4, -0.6)  # the most frequent class on top
     ax.set_xlim(0, 100)
     ax.set_xlabel("accuracy (%)")
-    counts_ax = ax.twiny()
-    counts_ax.plot(counts, y, color=COUNT_COLOUR, ls="--", lw=1, label="training images")
-    counts_ax.set_xscale("log")
-    _plain_numbers(counts_ax.xaxis)
-    counts_ax.set_xlabel("training images (log)")
-    return counts_ax
+    return _count_axis(ax, y, counts, sideways=True)
 
 
 def _curve(ax, series: dict[str, np.ndarray], counts: np.ndarray):
@@ -357,11 +352,19 @@ def _curve(ax, series: dict[str, np.ndarray], counts: np.ndarray):
     ax.set_ylim(0, 100)
     ax.set_xlabel("class, sorted by training count (most frequent first)")
     ax.set_ylabel("accuracy (%)")
-    counts_ax = ax.twinx()
-    counts_ax.plot(x, counts, color=COUNT_COLOUR, ls="--", lw=1, label="training images")
-    counts_ax.set_yscale("log")
-    _plain_numbers(counts_ax.yaxis)
-    counts_ax.set_ylabel("training images (log)")
+    return _count_axis(ax, x, counts, sideways=False)
+
+
+def _count_axis(ax, where: np.ndarray, counts: np.ndarray, sideways: bool):
+    """The training count of each class as a dashed line on its own log axis (at the top when the
+    classes run down the figure, else at the right)."""
+    counts_ax = ax.twiny() if sideways else ax.twinx()
+    xy = (counts, where) if sideways else (where, counts)
+    counts_ax.plot(*xy, color=COUNT_COLOUR, ls="--", lw=1, label="training images")
+    axis = counts_ax.xaxis if sideways else counts_ax.yaxis
+    (counts_ax.set_xscale if sideways else counts_ax.set_yscale)("log")
+    _plain_numbers(axis)
+    axis.set_label_text("training images (log)")
     return counts_ax
 
 

@@ -117,6 +117,9 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     seed_everything(cfg.seed)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    # cuDNN picks the fastest convolution algorithm per shape once (fixed shapes here), unless the
+    # run asks for determinism: benchmarking may choose non-deterministic algorithms.
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train.deterministic
     train_set, eval_set = datasets if datasets is not None else build_datasets(cfg)
     augmenter = build_augmenter(cfg, train_set, amp, device)
     counts = torch.as_tensor(train_set.train_counts, dtype=torch.long)

@@ -20,13 +20,16 @@ def collect_predictions(method, model, loader, augmenter, head_preds: dict | Non
     """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader.
 
     Views go through the run's augmenter (the same uint8 → input-dtype path as training); a
-    bf16 run evaluates under bf16 autocast. For a method with several heads (`head_logits`),
+    bf16 / fp16 run evaluates under that autocast. For a method with several heads (`head_logits`),
     `head_preds` (a dict) receives each head's predicted classes (N,) from the same forward;
     `indices` (a list) receives the rows' dataset indices (N,)."""
     model.eval()
     probs, labels, heads, index = [], [], {}, []
     device_type = next(model.parameters()).device.type
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=augmenter.dtype == torch.bfloat16)
+    # The augmenter hands the model inputs in the run's autocast dtype (bf16 or fp16): evaluate under
+    # the same autocast, or those inputs would meet fp32 weights.
+    low = augmenter.dtype in (torch.bfloat16, torch.float16)
+    autocast = torch.autocast(device_type, dtype=augmenter.dtype if low else torch.bfloat16, enabled=low)
     for batch in loader:
         x = augmenter.views(batch)[0]
         with autocast:

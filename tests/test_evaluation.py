@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,23 @@ def test_top1_vs_time_draws_the_selected_head_once_beside_a_legend_out_of_the_wa
     assert ax.get_ylim() == (10.0, 60.0)
     assert ax.get_legend() is None and fig.legends
     pyplot().close(fig)
+
+
+def test_an_fp16_run_evaluates_under_fp16_autocast(tmp_path):
+    """train.amp=fp16: the augmenter hands the model fp16 inputs, so evaluation must run under fp16
+    autocast too (it enabled autocast for bf16 only: fp16 inputs met fp32 conv weights and raised)."""
+    import torch
+
+    from fasttrain.build import build_run
+    from fasttrain.config import load_config
+    from fasttrain.evaluation import evaluate
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "ce" / "cifar10_lt_r100.yaml", [
+        "data.dataset=synthetic", "data.num_classes=3", "data.synthetic_size=[32,32]",
+        "data.synthetic_max_per_class=8", f"data.root={tmp_path / 'syn'}", "device=cpu", "loader.num_workers=0",
+        "loader.batch_size=4", "train.amp=fp16"])
+    run = build_run(cfg, training=True)
+    assert run.augmenter.dtype == torch.float16
+    report = evaluate(run)
+    assert 0.0 <= report["top1"] <= 100.0
+    assert torch.backends.cudnn.benchmark is False  # CPU run: never set

@@ -93,6 +93,23 @@ def test_normalize_kernel_matches_reference(pad):
     assert ((got16.float() - want).abs() <= bf16_ulp(want)).all()
 
 
+def test_launches_reuse_the_normalisation_scalars_and_placeholder():
+    """The launcher runs every step: (mean, std) -> kernel scalars and the unused-argument
+    placeholder are built once, not on every call."""
+    x = images(3, 8, 8, 2)
+    batch = Batch(views=[x], labels=torch.zeros(3, dtype=torch.long), stream=torch.zeros(3, dtype=torch.long),
+                  geometry=[None])
+    mean, std = (0.11, 0.22, 0.33), (0.3, 0.2, 0.1)  # a pair no other test uses
+    before = F._kernel_scalars.cache_info()
+    aug = A.Augmenter(mean, std, impl="triton")
+    first, = aug.views(batch)
+    second, = aug.views(batch)
+    after = F._kernel_scalars.cache_info()
+    assert after.misses == before.misses + 1 and after.hits >= before.hits + 1
+    assert F._placeholder(x.device) is F._placeholder(x.device)
+    torch.testing.assert_close(first, second)
+
+
 def test_auto_dispatch_uses_reference_on_cpu(monkeypatch):
     called = []
     monkeypatch.setattr(F, "_launch", lambda *a, **k: called.append(1))

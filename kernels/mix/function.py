@@ -7,6 +7,7 @@ explicitly) and the reference everywhere else.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -66,6 +67,21 @@ def _crop_args(crop: Crop | None, n: int, device: torch.device, dummy: torch.Ten
     return offsets, flip, int(padding), True
 
 
+@functools.lru_cache(maxsize=64)
+def _kernel_scalars(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[list[float], list[float]]:
+    """The normalisation as the kernel's fp32 scalars, computed once per (mean, std): the launcher
+    runs every step, and building float64 tensors on the host each time is work the step waits for."""
+    scale, shift = reference.norm_coefficients(mean, std)
+    return [float(v) for v in scale], [float(v) for v in shift]
+
+
+@functools.lru_cache(maxsize=16)
+def _placeholder(device: torch.device) -> torch.Tensor:
+    """The pointer passed for an unused kernel argument (no crop, no gather): one per device, never
+    written or read by the kernel, so one allocation serves every launch."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
 def _launch(views: list[tuple[torch.Tensor, Crop | None, int]], idx_a, idx_b, lam: float,
             box: tuple[int, int, int, int], mean, std, dtype: torch.dtype, m: int) -> list[torch.Tensor]:
     import triton
@@ -75,9 +91,8 @@ def _launch(views: list[tuple[torch.Tensor, Crop | None, int]], idx_a, idx_b, la
     src0 = views[0][0]
     n, h, w = src0.shape[0], src0.shape[2], src0.shape[3]
     dev = src0.device
-    scale, shift = reference.norm_coefficients(mean, std)  # host fp32 -> exact kernel scalars
-    sc, sh = [float(v) for v in scale], [float(v) for v in shift]
-    dummy = torch.zeros(1, dtype=torch.int32, device=dev)
+    sc, sh = _kernel_scalars(tuple(float(v) for v in mean), tuple(float(v) for v in std))
+    dummy = _placeholder(dev)
     args, outs, modes, has_geo = [], [], [], []
     for x, crop, mode in views:
         if x.shape[0] != n or x.shape[2:] != src0.shape[2:]:

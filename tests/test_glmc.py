@@ -443,3 +443,25 @@ def test_evaluation_reports_both_heads_and_predicts_with_fc_cb():
     torch.testing.assert_close(heads["sum"], o + ocb)
     torch.testing.assert_close(chosen, m.predict(model, x))  # the report's top-1 stays fc_cb's
     assert make_method(separate_cb_head=False).head_logits(model_for(make_method(separate_cb_head=False)), x)[1] == {}
+
+
+def test_the_glmc_net_compiles_whole_forward_and_backward(tmp_path):
+    """torch.compile(fullgraph=True) of the real GLMC net (the recipe's 4x-wide ResNet-32, both heads
+    and the projector), forward + backward, channels-last: a graph break fails here, on the CPU, not
+    in a GPU session's minutes. aot_eager checks tracing and autograd without a C++ toolchain."""
+    from fasttrain.build import build_run
+
+    cfg = load_config(CONFIGS[0].parent / "cifar10_lt_r100.yaml", [
+        "data.dataset=synthetic", "data.num_classes=3", "data.synthetic_size=[32,32]", "data.synthetic_max_per_class=8",
+        f"data.root={tmp_path / 'syn'}", "device=cpu", "loader.num_workers=0", "loader.batch_size=4",
+        "loader.backend=torch", "train.amp=fp32"])
+    assert cfg.model.arch == "resnet32_w4"
+    model = build_run(cfg, training=True).model.train()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    outputs = compiled(x)
+    sum(o.float().sum() for o in outputs).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.eval()
+    for got, want in zip(compiled(x), model(x)):
+        torch.testing.assert_close(got, want)

@@ -408,3 +408,29 @@ def test_official_fbl_fasttrain_epochs_split_train_and_the_rest():
     epochs = fasttrain_epochs(rows, 64)
     assert [e["total_s"] for e in epochs] == [30.0, 25.0]
     assert epochs[1]["train_s"] == pytest.approx(20.0) and epochs[1]["test_s"] == pytest.approx(5.0)
+
+
+def test_a_suite_stopped_midway_leaves_the_rows_it_measured(tmp_path, monkeypatch):
+    """kernels writes its JSON after every group (marked partial), so a suite killed for time (the
+    GPU one-shot's budget) keeps what it measured; the finished report is no longer partial."""
+    from fasttrain.bench import kernels
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what the one-shot's SIGINT does in the middle of the loss groups
+
+    monkeypatch.setattr(kernels, "loss_rows", interrupted)
+    out = tmp_path / "res"
+    with pytest.raises(KeyboardInterrupt):
+        main_bench(["kernels", "--dry-run", "--device", "cpu", "--out-dir", str(out)])
+    (path,) = out.glob("kernels_*.json")
+    partial = json.loads(path.read_text())
+    assert partial["partial"] is True and any(r["group"].startswith("mix") for r in partial["results"])
+    monkeypatch.undo()
+    main_bench(["kernels", "--dry-run", "--device", "cpu", "--out-dir", str(out)])
+    assert "partial" not in json.loads(path.read_text())
+
+
+def main_bench(argv):
+    from fasttrain.bench import main
+
+    return main(argv)

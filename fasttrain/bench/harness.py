@@ -191,6 +191,18 @@ def save_report(report: dict, out_dir: str | Path, device: torch.device, tag: st
     return report
 
 
+def save_partial(report: dict, out_dir: str | Path, device: torch.device, tag: str = "") -> Path:
+    """The report so far as its JSON, marked `"partial": true` (no chart), written atomically after
+    each group of a suite: a suite stopped for time (the GPU one-shot's budget) leaves what it
+    measured. `save_report` at the end writes the whole report under the same name."""
+    json_path, _ = output_paths(report, out_dir, device, tag)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps({**report, "partial": True}, indent=1, default=str) + "\n")
+    tmp.replace(json_path)
+    return json_path
+
+
 def bar_chart(report: dict, path: Path) -> None:
     """Horizontal bars of every timed row's median with its p20–p80 range, one panel per group
     and unit (rows of different units are never drawn on one axis)."""

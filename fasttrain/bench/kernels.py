@@ -284,12 +284,14 @@ def run(args, argv) -> dict:
                                               "skipped": f"sources {src_mb:.0f} MB > --max-source-mb {max_mb:.0f}"})
                     continue
                 report["results"] += mix_rows(b, size, dtype, device, timer, triton, compile_, peak_bw)
+                H.save_partial(report, args.out_dir, device, args.tag)
                 H.log_line(f"mix B{b} {size}px done")
     loss_dtype = torch.bfloat16 if gpu else torch.float32
     for scenario in (["mix", "dense"] if gpu else ["mix"]):
         for B in Bs:
             for C in Cs:
                 report["results"] += loss_rows(B, C, loss_dtype, scenario, device, timer, triton, compile_)
+                H.save_partial(report, args.out_dir, device, args.tag)
                 H.log_line(f"loss {scenario} B{B} C{C} done")
     report["targets"] = kernel_targets(report["results"])
     return H.save_report(report, args.out_dir, device, args.tag)

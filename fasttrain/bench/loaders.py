@@ -243,13 +243,18 @@ def run(args, argv) -> dict:
                                           "skipped": f"{type(got).__name__}: {str(got).splitlines()[0][:200]}"})
             else:
                 report["results"].append(H.row(key, got, "img/s", group=kind))
+        H.save_partial(report, args.out_dir, device, _tag(args))  # this corpus's rows, if stopped later
     report["config"] = {"corpora": corpora, "images_per_pass": args.images, "batch_size": args.batch_size,
                         "workers_or_threads": args.workers, "reps": reps, "warmup_excluded": 1,
                         "sampler": "instance", "only": only, "dry_run": args.dry_run}
     report["targets"] = loader_targets(report["results"])
-    # One corpus alone gets it in the file name, so a cifar run does not overwrite a jpeg one.
-    tag = args.tag or (next(iter(corpora)) if len(corpora) == 1 else "")
-    return H.save_report(report, args.out_dir, device, tag)
+    return H.save_report(report, args.out_dir, device, _tag(args))
+
+
+def _tag(args) -> str:
+    """One corpus alone gets it in the file name, so a cifar run does not overwrite a jpeg one."""
+    corpora = [c for c in args.corpora.split(",") if c]
+    return args.tag or (corpora[0] if len(corpora) == 1 else "")
 
 
 def resample_rows(size: tuple[int, int], crop: int, reps: int, windows: int = 200) -> list[dict]:

@@ -434,3 +434,17 @@ def main_bench(argv):
     from fasttrain.bench import main
 
     return main(argv)
+
+
+def test_an_overrunning_part_gets_sigint_first(tmp_path):
+    """SIGINT before SIGTERM: pytest prints its summary, a suite's KeyboardInterrupt keeps its JSON."""
+    marker = tmp_path / "interrupted"
+    code = (f"import signal, sys, time\n"
+            f"signal.signal(signal.SIGINT, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(130)))\n"
+            f"time.sleep(60)\n")
+    res = G.run_part(G.Part("sigint", ["-c", code], 1.0), 1.0, tmp_path, tmp_path / "sigint.log")
+    assert res["status"] == "timeout" and marker.exists() and res["elapsed_s"] < 10
+
+
+def test_the_one_shot_runs_the_headline_parts_first():
+    assert [p.name for p in G.parts(False)][:2] == ["step", "train"]

@@ -473,7 +473,10 @@ def run_training(cfg: RunConfig, resume: bool | str | Path = False, overwrite: b
         raise FileNotFoundError(f"--resume: nothing to resume in {root} (no last.pt); start without --resume")
     joined = not distributed.active()  # this call joins a torchrun job's process group (Trainer) and leaves it
     try:
-        return _run_stages(cfg, root, resume, overwrite)
+        result = _run_stages(cfg, root, resume, overwrite)
+        if joined:  # leave together: a rank tearing its process group down while rank 0 still writes
+            distributed.barrier()  # its files was seen to abort (SIGABRT) at exit under torchrun
+        return result
     finally:
         if joined:
             distributed.shutdown()

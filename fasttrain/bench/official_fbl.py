@@ -25,7 +25,6 @@ and its first batch, fasttrain's first steps), both are counted the same way.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 from fasttrain.bench import harness as H
+from fasttrain.results.record import read_metrics
 
 DESCRIPTION = "whole epochs of the official FBL code (workers 0 / 2) vs fasttrain's FBL recipe (auto / fp32)"
 
@@ -168,8 +168,7 @@ def _run_fasttrain(args, extra: list[str], env: dict) -> list[dict]:
         if proc.returncode != 0 or not path.is_file():
             raise RuntimeError(f"fasttrain run failed (exit {proc.returncode}): "
                                + " | ".join(proc.stderr.strip().splitlines()[-5:]))
-        metrics = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return fasttrain_epochs(metrics, 64)
+        return fasttrain_epochs(read_metrics(path), 64)
 
 
 def run(args, argv) -> dict:

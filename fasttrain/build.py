@@ -130,10 +130,10 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
                         stream_batch_size=ld.batch_size * world_size if training else None)
     method = METHODS[cfg.method.name](cfg.method, ctx)
 
-    def loader(dataset, samplers, batch_size, num_views, train):
+    def loader(dataset, samplers, step_rows, num_views, train):
         # Augmentation draws differ between ranks (rank 0 keeps the single-process seed); the sample
         # order does not: the samplers shard one global order.
-        return build_loader(ld.backend, dataset, samplers, batch_size=batch_size, num_views=num_views,
+        return build_loader(ld.backend, dataset, samplers, batch_size=step_rows, num_views=num_views,
                             device=device, augment=cfg.augment, loader=ld, train=train,
                             seed=cfg.seed + AUGMENT_SEED_STRIDE * rank if train else cfg.seed)
 
@@ -143,7 +143,9 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
                                   seed=cfg.seed + 1000 * i, rank=rank, world_size=world_size, q=s.q, k=s.k,
                                   drop_last=False)
                     for i, s in enumerate(method.streams())]
-        train_loader = loader(train_set, samplers, ld.batch_size * len(samplers), method.num_views, True)
+        # loader.batch_size is what the user sets: rows per stream. A loader step holds every stream's.
+        step_rows = ld.batch_size * len(samplers)
+        train_loader = loader(train_set, samplers, step_rows, method.num_views, True)
     eval_loader = loader(eval_set, eval_shard(len(eval_set), ld.eval_batch_size, dctx), ld.eval_batch_size, 1, False)
     model = _build_model(cfg, method, device, previous_model, training)
     if training and cfg.train.sync_bn and world_size > 1:
@@ -151,7 +153,7 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader, dist=dctx)
     if training:
         forward = torch.compile(model) if cfg.train.compile else model
-        optimizer = build_optimizer(cfg, method.trainable_parameters(model), device) if method.trains else None
+        optimizer = build_optimizer(cfg, method.trainable_parameters(model), device) if method.stage.trains else None
         scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
         # DDP wraps the method's loss around the (compiled) model, so a method may call any part of
         # its model (heads, a frozen backbone) and the gradients of its trainable parameters are

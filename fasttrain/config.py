@@ -79,7 +79,9 @@ class AugmentConfig:
 @dataclass
 class LoaderConfig:
     backend: str = "torch"  # torch | tensor | dali
-    batch_size: int = 64  # rows per stream per step per process (GLMC has 2 streams); torchrun: global = x processes
+    # rows per stream per step per process: the value you set (a loader step holds batch_size x streams rows,
+    # GLMC has 2 streams); torchrun: global = x processes
+    batch_size: int = 64
     eval_batch_size: int = 256  # rows per evaluation step
     num_workers: int = 2  # torch backend: DataLoader worker processes
     pin_memory: bool = True  # torch backend: pinned host memory for the copy to CUDA
@@ -324,9 +326,9 @@ def _check_streams(cfg: RunConfig) -> None:
     """A method that draws its own streams would silently ignore the loader's sampler keys; a
     method with nothing to train runs no epochs, every other method at least one."""
     method = METHODS[cfg.method.name]
-    if method.trains and cfg.train.epochs <= 0:
+    if method.stage.trains and cfg.train.epochs <= 0:
         raise ConfigError(f"train.epochs: expected a value > 0, got {cfg.train.epochs!r}")
-    if not method.trains and cfg.train.epochs != 0:
+    if not method.stage.trains and cfg.train.epochs != 0:
         raise ConfigError(f"train.epochs: method {method.name} has nothing to train (post-hoc); set "
                           f"train.epochs: 0, got {cfg.train.epochs!r}")
     if not method.fixed_streams:
@@ -521,10 +523,10 @@ def stage_config(cfg: RunConfig, index: int) -> RunConfig:
 def _base_of(previous: dict, name: str) -> dict:
     """A later stage that continues the previous stage's model records that model's structure
     (`base_method` / `base_config`), so its checkpoint can be rebuilt and evaluated on its own."""
-    if name not in METHODS or not METHODS[name].continues_stage or previous.get("name") not in METHODS:
+    if name not in METHODS or not METHODS[name].stage.continues or previous.get("name") not in METHODS:
         return {}
     prev = METHODS[previous["name"]]
-    if prev.continues_stage and not prev.trains_new_model:  # a distillation stage's own model is a base
+    if not prev.stage.new_model:  # a head / post-hoc stage keeps its base; a distillation's own model is one
         return {"base_method": previous["base_method"], "base_config": previous["base_config"]}
     return {"base_method": previous["name"], "base_config": {k: v for k, v in previous.items() if k != "name"}}
 

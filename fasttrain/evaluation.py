@@ -59,7 +59,7 @@ def evaluate_loader(run, loader, confusion: Path | None = None) -> dict:
     heads: dict = {}
     indices: list = []
     probs, labels = collect_predictions(run.method, run.model, loader, run.augmenter, heads, indices)
-    if getattr(loader, "samplers", None) and run.dist.enabled:
+    if loader.samplers and run.dist.enabled:  # a sharded loader reads this rank's EvalShard: gather
         probs, labels, heads = gather_predictions(probs, labels, indices[0], heads)
     if confusion is not None:
         plot_confusion(probs, labels, run.train_set.train_counts, confusion)
@@ -109,7 +109,7 @@ def tau_norm_section(stored: dict, tau: float, head: str) -> dict:
     from fasttrain.methods import METHODS
 
     name = stored.get("name", "ce")
-    if name in METHODS and METHODS[name].continues_stage:
+    if name in METHODS and METHODS[name].stage.continues:
         base, base_cfg = stored["base_method"], stored.get("base_config", {})
     else:
         base, base_cfg = name, {k: v for k, v in stored.items() if k != "name"}

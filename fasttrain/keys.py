@@ -1,8 +1,9 @@
 """The key reference of the run config, generated from the dataclasses of fasttrain.config and of
 every registered method: each key with its type, default, the one-line meaning written beside it
-in the source and, for a key with a closed set of values, those values (`fasttrain config keys
-[SECTION]`). Generated, so it cannot drift from the code; the README's config table and its
-"Method keys" table are checked against it by the tests (tests/test_keys.py)."""
+in the source and, for a key with a closed set of values or a range declared as field metadata
+(`fasttrain.schema.option`), those values (`fasttrain config keys [SECTION]`). Generated, so it cannot drift from the code; the documentation site's config-key page
+is written from it (`python -m fasttrain.docgen generate`, fasttrain/docgen.py) and checked by the tests
+(tests/test_keys.py, tests/test_docs.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import typing
 
 from fasttrain import config as C
 from fasttrain.methods import METHODS, MethodConfig
-from fasttrain.schema import suggest
+from fasttrain.schema import field_checks, suggest
 
 SECTIONS = {"data": C.DataConfig, "augment": C.AugmentConfig, "loader": C.LoaderConfig, "model": C.ModelConfig,
             "optim": C.OptimConfig, "schedule": C.ScheduleConfig, "train": C.TrainConfig, "log": C.LogConfig}
@@ -51,11 +52,18 @@ def _inherited_comments(cls: type) -> dict[str, str]:
 
 
 def _method_choices(cls: type) -> dict[str, list]:
-    """key -> allowed values from the `CHOICES` of a method config class and its bases."""
-    merged: dict = {}
-    for klass in reversed(cls.__mro__):
-        merged.update(vars(klass).get("CHOICES", {}))
-    return {key: list(values() if callable(values) else values) for key, values in merged.items()}
+    """key -> allowed values declared by the fields of a method config class and its bases."""
+    return {key: check.values() for key, check in field_checks(cls).items() if check.choices is not None}
+
+
+def _ranges(cls: type) -> dict[str, str]:
+    """key -> its range in words (`>= 0`, `in [0, 1)`), for the fields that declare one."""
+    out = {}
+    for key, check in field_checks(cls).items():
+        words = check.range_text()
+        if words:
+            out[key] = ("finite, " if check.finite else "") + words + (" or null" if check.optional else "")
+    return out
 
 
 def _type(tp) -> str:
@@ -74,7 +82,7 @@ def _default(f: dataclasses.Field):
 def _rows(cls: type, prefix: str, names=None, choices=None, method=None) -> list[dict]:
     """One row per field of dataclass `cls` (only `names` when given), keys `<prefix>.<field>`;
     `choices`: key -> allowed values."""
-    hints, notes = typing.get_type_hints(cls), _inherited_comments(cls)
+    hints, notes, ranges = typing.get_type_hints(cls), _inherited_comments(cls), _ranges(cls)
     choices = choices or {}
     rows = []
     for f in dataclasses.fields(cls):
@@ -82,7 +90,7 @@ def _rows(cls: type, prefix: str, names=None, choices=None, method=None) -> list
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
         rows.append({"key": key, "type": _type(hints[f.name]), "default": _default(f), "meaning": notes.get(f.name, ""),
-                     "choices": choices.get(key), "method": method})
+                     "choices": choices.get(key), "range": ranges.get(f.name), "method": method})
     return rows
 
 
@@ -123,7 +131,7 @@ def key_reference(section: str | None = None) -> list[dict]:
     return rows
 
 
-# --- rendering: the terminal (`fasttrain config keys`) and the README's "Method keys" table ----------
+# --- rendering: the terminal (`fasttrain config keys`) and the method-key table of the docs -----------
 
 
 def _value(value) -> str:
@@ -140,11 +148,14 @@ def _value(value) -> str:
 
 
 def _meaning(row: dict, code: str = "") -> str:
-    """The meaning, followed by the allowed values when the key has a closed set."""
-    if not row.get("choices"):
+    """The meaning, followed by the allowed values when the key has a closed set or a range."""
+    if row.get("choices"):
+        allowed = "one of: " + ", ".join(f"{code}{_value(v)}{code}" for v in row["choices"])
+    elif row.get("range"):
+        allowed = row["range"]
+    else:
         return row["meaning"]
-    values = ", ".join(f"{code}{_value(v)}{code}" for v in row["choices"])
-    return f"{row['meaning']} [one of: {values}]" if row["meaning"] else f"one of: {values}"
+    return f"{row['meaning']} [{allowed}]" if row["meaning"] else allowed
 
 
 def format_text(rows: list[dict]) -> list[str]:
@@ -163,7 +174,7 @@ def _cell(text: str) -> str:
 
 
 def method_markdown() -> str:
-    """The README's "Method keys" table: one row per method key; methods whose key has the same
+    """The method-key table (Markdown): one row per method key; methods whose key has the same
     type, default, meaning and values share a row (ce, balanced_softmax and logit_adjust share CE's
     options)."""
     shared: dict[tuple, list[str]] = {}

@@ -11,16 +11,24 @@ rank), so each rank's part is gathered to rank 0 (small: generator states and po
 stored in the one file as `ranks: [rank 0's, rank 1's, ...]`; rank 0 writes it; on resume every
 rank reads the file (out_dir on a filesystem every node sees) and takes its own part. One file
 rather than one per rank: a checkpoint is then complete or absent, never half a set.
+
+`LastCheckpoint` is the trainer's one object for last.pt: it writes it (`save`), continues a run
+from one (`resume`) and remembers which checkpoint holds the last good state (`last_good`, quoted
+by every error that stops a run).
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from fasttrain import distributed
-from fasttrain.checkpoint import CheckpointError
+from fasttrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_text_atomic
+from fasttrain.config import to_dict
 from fasttrain.environment import rng_state, set_rng_state
+from fasttrain.evaluation import class_names
+from fasttrain.guard import check_finite_state, non_finite
 from fasttrain.methods.base import load_exactly
 
 log = logging.getLogger("fasttrain")
@@ -116,3 +124,73 @@ def restore(path: Path, state: dict, *, model, learner, method, loader, current_
     method.load_state_dict(mine["method"])
     loader.load_state_dict(mine["loader"])
     set_rng_state(mine["rng"])
+
+
+def run_meta(run) -> dict:
+    """What inference needs without the training data (fasttrain predict / export): stored in
+    last.pt and best.pt."""
+    ts = run.train_set
+    meta = {"class_names": class_names(ts), "train_counts": [int(n) for n in ts.train_counts],
+            "mean": list(run.augmenter.mean), "std": list(run.augmenter.std)}
+    if ts.images is not None:
+        meta["image_size"] = list(ts.images.shape[1:3])
+    return meta
+
+
+class LastCheckpoint:
+    """last.pt of one stage's run directory: written by rank 0, read by every rank on --resume."""
+
+    def __init__(self, run, run_dir: Path, meta: dict):
+        self.run, self.run_dir, self.meta = run, Path(run_dir), meta
+        self.last_good = "No checkpoint of this run was written yet"
+
+    def save(self, epoch_done: int, position: int | None, best: dict, history: list[dict]) -> None:
+        """last.pt after `epoch_done` epochs (+ `position` steps of the next). Never with non-finite
+        weights or optimizer state (checked first). A collective under torchrun; rank 0 writes."""
+        run = self.run
+        when = (f"the end of epoch {epoch_done - 1}" if position is None
+                else f"epoch {epoch_done} step {position - 1} (0-indexed)")
+        check_finite_state(run.model, run.learner.optimizer, when, self.last_good)
+        state = self._state(epoch_done, position, best, history)
+        if run.dist.rank == 0:
+            save_checkpoint(state, self.run_dir / "last.pt")
+        where = f"epoch {epoch_done}" + (f", step {position}" if position is not None else "")
+        self.last_good = f"last.pt holds the last good state ({where}); continue from it with --resume"
+
+    def _state(self, epoch_done: int, position: int | None, best: dict, history: list[dict]) -> dict:
+        run, learner = self.run, self.run.learner
+        own = rank_state(run.train_loader, run.method, position)
+        state = {"model": run.model.state_dict(),
+                 "optimizer": learner.optimizer.state_dict() if learner.optimizer is not None else None,
+                 "scaler": learner.scaler.state_dict(), "method": own["method"], "loader": own["loader"],
+                 "rng": own["rng"], "epoch": epoch_done,  # epochs fully completed
+                 "best": best, "history": history, "config": to_dict(run.cfg), "meta": self.meta}
+        if run.dist.world_size > 1:  # every rank's RNG streams and loader position (see the module docstring)
+            state["ranks"] = distributed.gather_to_main(own)
+            state["world_size"] = run.dist.world_size
+        return state
+
+    def resume(self, path: Path) -> tuple[dict, str]:
+        """Load `path` into the run's objects; returns (the checkpoint, the "resumed from" note)."""
+        run = self.run
+        state = load_checkpoint(path)
+        bad = non_finite(state["model"])
+        if bad:  # written by a diverging run before checkpoints were checked: it cannot be continued
+            raise CheckpointError(f"--resume {path}: the checkpoint holds NaN/inf weights ({len(bad)} of "
+                                  f"{len(state['model'])} tensors, e.g. {bad[0]}); resume from an earlier checkpoint, "
+                                  "or start again with a lower optim.lr")
+        restore(path, state, model=run.model, learner=run.learner, method=run.method, loader=run.train_loader,
+                current_config=to_dict(run.cfg), dctx=run.dist)
+        # The loader position counts steps of the epoch the loader was in: an epoch-end checkpoint's
+        # is that finished epoch's last step, and the next epoch starts at step 0.
+        epoch = state["epoch"]
+        step = int(state["loader"].get("position", 0) or 0) if state["loader"].get("epoch") == epoch else 0
+        where = f"epoch {epoch}" + (f", step {step}" if step else "")
+        name = "last.pt" if path == self.run_dir / "last.pt" else str(path)
+        self.last_good = f"{name} holds the last good state ({where}); continue from it with --resume"
+        # metrics.jsonl holds each finished epoch once: the checkpoint's history, not what a killed
+        # invocation appended after its last checkpoint.
+        if run.dist.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state["history"]))
+        return state, f"resumed from {path} at {where}"

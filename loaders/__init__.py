@@ -1,31 +1,24 @@
 """Loader backends (installed as `fasttrain.loaders`).
 
-`BACKENDS` is the one list of backend names: config choices (`loader.backend`), `fasttrain info`
-and the loader conformance tests are all derived from it, so adding a backend is one file
-beside this one plus one line here. Every backend class takes the same keyword arguments (see
-`build_loader`), honours the `fasttrain.batch.Batch` contract and subclasses
-`base.LoaderBackend`. Backends are imported lazily so that a missing optional dependency
-(DALI, FFCV) only matters when that backend is asked for.
+`BACKENDS` (name -> class) is the one list of backend names: config choices (`loader.backend`),
+`fasttrain info` and the loader conformance tests are all derived from it. A backend is one file
+beside this one whose class is decorated with `@register_backend("name")`, plus its import line
+below. Every backend class takes the same keyword arguments (see `build_loader`), honours the
+`fasttrain.batch.Batch` contract and subclasses `base.LoaderBackend`, which lays every epoch out.
+Importing a backend's module is cheap: optional dependencies (DALI, FFCV) are imported when the
+backend is built, so a missing one only matters when that backend is asked for.
 """
 from __future__ import annotations
 
-import importlib
-
-# backend name -> (module, class)
-BACKENDS: dict[str, tuple[str, str]] = {
-    "torch": ("fasttrain.loaders.torch_backend", "TorchLoader"),
-    "tensor": ("fasttrain.loaders.tensor", "TensorLoader"),
-    "dali": ("fasttrain.loaders.dali", "DaliLoader"),
-    "ffcv": ("fasttrain.loaders.ffcv", "FfcvLoader"),
-}
+from .base import BACKENDS, LoaderBackend, register_backend  # noqa: F401
+from . import torch_backend, tensor, dali, ffcv  # noqa: F401,E402 - each registers its backend
 
 
 def loader_class(backend: str) -> type:
-    """The backend class registered under `backend` (imports its module)."""
+    """The backend class registered under `backend`."""
     if backend not in BACKENDS:
         raise ValueError(f"loader.backend: unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-    module, cls = BACKENDS[backend]
-    return getattr(importlib.import_module(module), cls)
+    return BACKENDS[backend]
 
 
 def backend_status() -> dict[str, dict]:
@@ -46,7 +39,8 @@ def build_loader(backend: str, dataset, samplers, *, batch_size: int, num_views:
     """Build a loader backend.
 
     dataset: LTDataset; samplers: list of Sampler (one per stream; the first defines the
-    epoch length) or None for sequential evaluation order; augment: AugmentConfig;
+    epoch length) or None for sequential evaluation order; batch_size: rows of one step over all
+    streams (the trainer passes loader.batch_size x streams); augment: AugmentConfig;
     loader: LoaderConfig; train: training augmentation (True) or eval transform (False).
     """
     return loader_class(backend)(dataset, samplers, batch_size=batch_size, num_views=num_views, device=device,

@@ -4,8 +4,9 @@ Design (why it looks like this):
 
 - **Order.** File bytes enter the pipeline through `fn.external_source`, one batch per step, in
   the order `Sampler.order(epoch)` gives (already sharded by rank / world size). Several
-  samplers are streams: rows are stream-major in one batch, the first sampler defines the
-  epoch length, the others are truncated to it. `samplers=None` means sequential eval order.
+  samplers are streams, laid out as in every backend (`LoaderBackend.set_epoch`): rows are
+  stream-major in one batch, the first sampler defines the epoch length, a shorter stream
+  wraps. `samplers=None` means sequential eval order.
 - **Randomness on the host.** Crop windows (torchvision's RandomResizedCrop algorithm, exactly),
   flips, jitter factors, grayscale and blur sigmas are drawn with numpy from a generator keyed
   by (seed, epoch, step) and fed to DALI as per-sample arguments (`crop_params`, which says
@@ -38,7 +39,7 @@ import torch
 
 from fasttrain.batch import Batch
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch, view_augments
+from fasttrain.loaders.base import LoaderBackend, register_backend, view_augments
 from fasttrain.loaders.crop_params import ViewDraw, ViewParams, step_generator
 from fasttrain.loaders.image_header import CorruptImage, image_size
 
@@ -115,6 +116,7 @@ class _EpochSource:
         return tuple(out)
 
 
+@register_backend("dali")
 class DaliLoader(LoaderBackend):
     # Decodes files only: in-memory arrays are served by the tensor (or torch) backend.
     reads = ("files",)
@@ -132,8 +134,7 @@ class DaliLoader(LoaderBackend):
         if train and augment.train == "cifar":
             raise ValueError("augment.train=cifar (pad-crop) is for in-memory 32x32 datasets; the dali "
                              "backend supports augment.train=imagenet or none")
-        self._init_streams(dataset, samplers, batch_size)
-        self.batch_size = batch_size
+        self._init_streams(dataset, samplers, batch_size, bool(loader.drop_last) if train else False)
         self.num_views = num_views
         self.device = torch.device(device)
         self.augment = augment
@@ -144,7 +145,6 @@ class DaliLoader(LoaderBackend):
         self.draw = self.draws[0]
         self.random_crop = self.draw.random_crop
         self.crop = self.draw.crop  # crop_size is shared by every view (not a per-view key)
-        self.drop_last = bool(loader.drop_last) if train else False
         self.threads = int(loader.dali_threads)
         self.prefetch = max(1, int(loader.dali_prefetch))
         self.skip_corrupt = bool(loader.skip_corrupt)
@@ -157,7 +157,6 @@ class DaliLoader(LoaderBackend):
         self.skipped: list[str] = []  # unreadable files found so far (skip_corrupt=True)
         self.skipped_rows = 0  # batch rows dropped because their file was unreadable
         self._bad: set[int] = set()  # dataset indices known to be unreadable
-        self._orders: list[torch.Tensor] = []
         self._pipe = None
         self._fields = [d.fields for d in self.draws]
         self._source = _EpochSource(num_views, self._fields)
@@ -174,7 +173,7 @@ class DaliLoader(LoaderBackend):
             if self._cuda else None
         op_dev = "gpu" if self._cuda else "cpu"
         dec_dev = "mixed" if self._cuda else "cpu"
-        pipe = self.dali.Pipeline(batch_size=self.batch_size, num_threads=self.threads, device_id=device_id,
+        pipe = self.dali.Pipeline(batch_size=self.step_rows, num_threads=self.threads, device_id=device_id,
                                   prefetch_queue_depth=self.prefetch, seed=self.seed & 0x7FFF_FFFF)
         # nvJPEG buffers sized for ImageNet-class JPEGs up front (MLPerf-style values), so the
         # first epochs do not reallocate; CPU decoding takes no such hints.
@@ -220,15 +219,9 @@ class DaliLoader(LoaderBackend):
         pipe.build()
         return pipe
 
-    # --- epochs ----------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = epoch
-        self._orders = self.epoch_orders(epoch)
-
-    def __len__(self) -> int:
-        return steps_per_epoch(len(self._orders[0]), self.stream_batch, self.drop_last)
+    # --- epochs (laid out by LoaderBackend.set_epoch) -----------------------------------------
+    def epoch_counters(self) -> dict:
+        return {"skipped_files": len(self.skipped)}  # skip_corrupt: files dropped so far
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "skipped": list(self.skipped),
@@ -274,10 +267,9 @@ class DaliLoader(LoaderBackend):
             self.skipped.append(path)
             log.warning("skipping unreadable image %s: %s", path, why)
 
-    def _prepare(self, step: int, sl: slice) -> _Step | None:
-        n = sl.stop - sl.start
-        idx = np.concatenate([o[sl.start:sl.start + n].numpy() for o in self._orders])
-        stream = np.repeat(np.arange(len(self._orders)), [min(n, max(0, len(o) - sl.start)) for o in self._orders])
+    def _prepare(self, step: int) -> _Step | None:
+        idx = self.rows[self.step_span(step)].numpy()
+        stream = np.repeat(np.arange(self.num_streams), self.step_sizes[step])
         datas, sizes = [], []
         for i in idx:
             d, hw = self._read(int(i))
@@ -303,12 +295,12 @@ class DaliLoader(LoaderBackend):
         return _Step(step, datas, views, idx.astype(np.int64), labels.astype(np.int64), stream.astype(np.int64),
                      [self.dataset.paths[i] for i in idx], int((~ok).sum()))
 
-    def _producer(self, steps: list[tuple[int, slice]], out: queue.Queue, stop: threading.Event) -> None:
+    def _producer(self, steps: list[int], out: queue.Queue, stop: threading.Event) -> None:
         try:
-            for step, sl in steps:
+            for step in steps:
                 if stop.is_set():
                     return
-                item = self._prepare(step, sl)
+                item = self._prepare(step)
                 if item is not None:
                     out.put(item)
             out.put(None)
@@ -342,18 +334,17 @@ class DaliLoader(LoaderBackend):
 
     # --- iteration -------------------------------------------------------------------------
     def __iter__(self):
-        slices = batch_slices(len(self._orders[0]), self.stream_batch, self.drop_last)
         start = self.position
         while True:
             try:
-                yield from self._run_epoch(slices, start)
+                yield from self._run_epoch(start)
                 break
             except _RestartFrom as restart:
                 start = restart.step
         self.position = 0
 
-    def _run_epoch(self, slices: list[slice], start: int):
-        todo = [(s, sl) for s, sl in enumerate(slices) if s >= start]
+    def _run_epoch(self, start: int):
+        todo = list(range(start, len(self.step_sizes)))
         if not todo:
             return
         q: queue.Queue = queue.Queue(maxsize=self.prefetch + 1)
@@ -450,13 +441,13 @@ class DaliLoader(LoaderBackend):
                      normalized=self.normalize)
 
 
-def _inline_steps(loader: DaliLoader, todo: list[tuple[int, slice]]):
+def _inline_steps(loader: DaliLoader, todo: list[int]):
     """next_item for reading in the calling thread: prepares each step when DALI asks for it."""
     it = iter(todo)
 
     def next_item():
-        for step, sl in it:
-            item = loader._prepare(step, sl)
+        for step in it:
+            item = loader._prepare(step)
             if item is not None:
                 return item
         return None

@@ -10,7 +10,7 @@ Design (why it looks like this):
   by later runs (`loader.ffcv_convert: false` turns that into an error instead).
 - **Order.** `set_epoch` asks every sampler for its order (already sharded by rank) and lays the
   epoch out step-major, stream-major (rows [s*b, (s+1)*b) of a step are stream s; the first
-  sampler defines the epoch length, shorter streams wrap as in the tensor backend). FFCV gets
+  sampler defines the epoch length, shorter streams wrap: `LoaderBackend.set_epoch`). FFCV gets
   that row list through its traversal-order hook (`ffcv_pipeline.SamplerOrder`), starting at
   the first step not yet delivered, so a resumed run continues mid-epoch exactly.
   `loader.ffcv_quasi_random` reorders each stream's rows so that a window of steps reads few
@@ -45,7 +45,7 @@ from fasttrain.batch import Batch, Geometry, random_geometry
 from fasttrain.data.ffcv_convert import (INSTALL_HINT, ConvertOptions, cached_beton, check_sidecar,
                                          read_sidecar)
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import LoaderBackend, layout_epoch, steps_per_epoch, view_augments
+from fasttrain.loaders.base import LoaderBackend, epoch_generator, register_backend, view_augments
 from fasttrain.loaders.crop_params import ViewDraw
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,10 @@ def _import_pipeline():
     return ffcv_pipeline
 
 
-def _geometry_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    # Its own stream of draws: not correlated with the samplers' or the tensor backend's.
-    g.manual_seed((seed * 1_000_003 + epoch * 7_919 + 0xFFC) % (2**63 - 1))
-    return g
+GEOMETRY_SALT = 0xFFC  # this backend's stream of crop/flip draws (base.epoch_generator)
 
 
+@register_backend("ffcv")
 class FfcvLoader(LoaderBackend):
     reads = ("arrays", "files")
 
@@ -117,13 +114,11 @@ class FfcvLoader(LoaderBackend):
         per_view = view_augments(augment, num_views, train)
         if train:
             _check_supported(augment, per_view)
-        self._init_streams(dataset, samplers, batch_size)
-        self.batch_size = batch_size
+        self._init_streams(dataset, samplers, batch_size, bool(loader.drop_last) if train else False)
         self.num_views = num_views
         self.device = torch.device(device)
         self.train = train
         self.seed = int(seed)
-        self.drop_last = bool(loader.drop_last) if train else False
         self.quasi_random = bool(loader.ffcv_quasi_random) and bool(self.samplers)
         # What the decoder produces per row: every view is the stored image (in-memory arrays
         # without RandomResizedCrop: their pad-crop + flip is deferred to Batch.geometry), a
@@ -146,7 +141,7 @@ class FfcvLoader(LoaderBackend):
                                     eval_resize=int(augment.eval_resize), fast_dct=bool(loader.ffcv_fast_dct),
                                     resize=str(loader.ffcv_resize))
         self._order = pipe.SamplerOrder(np.zeros(0, np.uint64))  # each epoch's rows, set in __iter__
-        self._ffcv, self._check = pipe.build(str(self.path), self.stream_batch * self.num_streams, decoder,
+        self._ffcv, self._check = pipe.build(str(self.path), self.step_rows, decoder,
                                              self._order, device=self.device, workers=workers,
                                              os_cache=bool(loader.ffcv_os_cache),
                                              batches_ahead=int(loader.ffcv_batches_ahead))
@@ -172,18 +167,17 @@ class FfcvLoader(LoaderBackend):
                                "although its sidecar matches (file edited after conversion?)")
 
     # --- epochs ----------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        orders = self.begin_epoch(epoch, "ffcv")
-        n0 = len(orders[0])
-        if self.quasi_random:
-            orders = [self._page_local(o, epoch, s) for s, o in enumerate(orders)]
-        b = self.stream_batch
-        self.num_steps = steps_per_epoch(n0, b, self.drop_last)
-        rows, self.step_sizes = layout_epoch(orders, b, self.drop_last)
-        self.rows = rows.numpy().astype(np.int64)  # step-major, then stream-major
+    # (laid out by LoaderBackend.set_epoch, with these two hooks)
+    def arrange(self, orders: list[torch.Tensor], epoch: int) -> list[torch.Tensor]:
+        if not self.quasi_random:
+            return orders
+        return [self._page_local(o, epoch, s) for s, o in enumerate(orders)]
+
+    def on_epoch(self, epoch: int) -> None:
+        self.rows = self.rows.numpy().astype(np.int64)  # step-major, then stream-major
         self.geometry: list[Geometry] = []
         if self.defer_geometry:
-            g = _geometry_generator(self.seed, epoch, self.device)
+            g = epoch_generator(self.seed, epoch, self.device, GEOMETRY_SALT)
             self.geometry = [random_geometry(len(self.rows), padding, flip, g, self.device)
                              for padding, flip in self.view_geometry]
 
@@ -204,14 +198,11 @@ class FfcvLoader(LoaderBackend):
         key = rank + rng.uniform(0.0, 4.0, len(o))  # rows of ~4 neighbouring pages interleave
         return torch.from_numpy(o[np.argsort(key, kind="stable")].copy())
 
-    def __len__(self) -> int:
-        return self.num_steps
-
     # --- iteration -------------------------------------------------------------------------
     def __iter__(self):
         start = self.position
-        rows_per_step = self.stream_batch * self.num_streams
-        if start >= self.num_steps:
+        rows_per_step = self.step_rows
+        if start >= len(self.step_sizes):
             self.position = 0
             return
         first_row = start * rows_per_step  # every step before the last is full

@@ -13,26 +13,22 @@ loader's device seeded from (seed, epoch): CPU and CUDA runs draw different crop
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from fasttrain.batch import Batch, Geometry, random_geometry
 
-from .base import LoaderBackend, layout_epoch, steps_per_epoch, view_augments
+from .base import LoaderBackend, epoch_generator, register_backend, view_augments
 
 SUPPORTED_AUGMENT = ("cifar", "none")
 # What a view of this backend can change (augment.views): the deferred crop/flip is all it draws.
 PER_VIEW_KEYS = ("crop_padding", "flip")
 
 
-def _geometry_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    # Distinct from the samplers' seeding so geometry and orders are not correlated.
-    g.manual_seed((seed * 1_000_003 + epoch * 7_919 + 424_242) % (2**63 - 1))
-    return g
+GEOMETRY_SALT = 424_242  # this backend's stream of crop/flip draws (base.epoch_generator)
 
 
+@register_backend("tensor")
 class TensorLoader(LoaderBackend):
     # The whole uint8 array goes to the device: file datasets need a decoding backend.
     reads = ("arrays",)
@@ -53,12 +49,10 @@ class TensorLoader(LoaderBackend):
             raise ValueError(f"augment.train={augment.train!r} is not supported by loader.backend=tensor "
                              f"(choose from {list(SUPPORTED_AUGMENT)}, or use the torch/dali backend)")
         self.device = torch.device(device)
-        self._init_streams(dataset, samplers, batch_size)
-        self.batch_size = batch_size  # rows per step over all streams (as the torch backend)
+        self._init_streams(dataset, samplers, batch_size, bool(loader.drop_last) if train else False)
         self.num_views = num_views
         self.train = train
         self.seed = seed
-        self.drop_last = bool(loader.drop_last) if train else False
         self.padding = int(augment.crop_padding)
         self.flip = bool(augment.flip)
         for i, over in enumerate((getattr(augment, "views", None) or []) if train else []):
@@ -72,36 +66,27 @@ class TensorLoader(LoaderBackend):
         # One copy of the data on the device, physically NHWC.
         self.images = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         self.labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(self.device)
-        self.epoch: int | None = None  # set lazily: the first set_epoch lays out the epoch
+        # The first epoch is laid out lazily (the first set_epoch, len() or iteration).
 
-    # --- epoch layout --------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        orders = self.begin_epoch(epoch, "tensor")
-        n0 = len(orders[0])
+    # --- epoch layout (the rows: LoaderBackend.set_epoch) ------------------------------------
+    def on_epoch(self, epoch: int) -> None:
         b, s = self.stream_batch, self.num_streams
-        self.num_steps = steps_per_epoch(n0, b, self.drop_last)
-        rows, self.step_sizes = layout_epoch(orders, b, self.drop_last)
-        self.rows = rows.to(self.device)  # step-major, then stream-major
+        self.rows = self.rows.to(self.device)  # step-major, then stream-major
         tail = self.step_sizes[-1] if self.step_sizes and self.step_sizes[-1] != b else 0
         self.stream_full = torch.arange(s, device=self.device).repeat_interleave(b)
         self.stream_tail = torch.arange(s, device=self.device).repeat_interleave(tail)
         self.geometry: list[Geometry] = []
         if self.defer_geometry:
-            g = _geometry_generator(self.seed, epoch, self.device)
+            g = epoch_generator(self.seed, epoch, self.device, GEOMETRY_SALT)
             self.geometry = [random_geometry(len(self.rows), padding, flip, g, self.device)
                              for padding, flip in self.view_geometry]
 
     # --- iteration -----------------------------------------------------------------------
-    def __len__(self) -> int:
-        if self.epoch is None:
-            self.set_epoch(0)
-        return self.num_steps
-
     def _batch(self, step: int) -> Batch:
         s = self.num_streams
-        start = step * self.stream_batch * s
-        size = self.step_sizes[step] * s
-        rows = self.rows[start: start + size]
+        span = self.step_span(step)
+        start, size = span.start, span.stop - span.start
+        rows = self.rows[span]
         # channels_last (B, 3, H, W) view of the gathered NHWC rows; every view shares it,
         # they differ only by their deferred geometry (consumers must not write in place).
         images = self.images[rows].permute(0, 3, 1, 2)
@@ -114,7 +99,7 @@ class TensorLoader(LoaderBackend):
     def __iter__(self):
         if self.epoch is None:
             self.set_epoch(0)
-        while self.position < self.num_steps:
+        while self.position < len(self.step_sizes):
             batch = self._batch(self.position)
             self.position += 1
             for sampler in self.samplers:

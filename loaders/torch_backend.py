@@ -3,9 +3,9 @@
 Workers decode JPEGs with `torchvision.io.decode_jpeg` and augment uint8 tensors with
 `transforms.v2` (≈1.7x the PIL + v1 transforms path of the official codes on 2 cores). Each
 image is decoded once and augmented into every view. The augmentation of a sample is a pure
-function of (seed, epoch, slot in the epoch): workers re-seed torch's RNG per sample, so the
-images do not depend on the number of workers and a run resumed mid-epoch sees exactly the
-images an uninterrupted run would have seen.
+function of (seed, epoch, slot in the epoch): each sample's draws run under its own seed (the
+process's RNG state is put back afterwards), so the images do not depend on the number of
+workers and a run resumed mid-epoch sees exactly the images an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from fasttrain.batch import Batch
 from fasttrain.compat import quiet_tvio_deprecation
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.loaders.base import LoaderBackend, batch_slices, steps_per_epoch, view_augments
+from fasttrain.loaders.base import LoaderBackend, register_backend, view_augments
 
 
 def build_transform(augment, train: bool, is_file_dataset: bool):
@@ -104,8 +104,12 @@ class _ViewsDataset(Dataset):
         for v, transform in enumerate(self.transforms):
             if transform is not None:
                 # Per-sample seed: the augmentation depends on (seed, epoch, slot, view) only.
-                torch.manual_seed(hash((self.seed, self.epoch, slot, v)) & 0x7FFF_FFFF_FFFF)
-                views.append(transform(img))
+                # torchvision's transforms draw from the global generator only, so the seed is
+                # scoped: fork_rng puts the process's RNG back afterwards (with num_workers=0 this
+                # runs in the training process, whose own draws must not restart per sample).
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(hash((self.seed, self.epoch, slot, v)) & 0x7FFF_FFFF_FFFF)
+                    views.append(transform(img))
             else:
                 views.append(img)
         return torch.stack(views), int(self.ds.labels[index]), index
@@ -118,15 +122,15 @@ def _collate(items):
     return views, labels, index
 
 
+@register_backend("torch")
 class TorchLoader(LoaderBackend):
     # The reference backend: in-memory arrays and image files alike.
     reads = ("arrays", "files")
 
     def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
                  augment, loader, train: bool, seed: int = 0):
-        self._init_streams(dataset, samplers, batch_size)
+        self._init_streams(dataset, samplers, batch_size, loader.drop_last if train else False)
         self.device = torch.device(device)
-        self.drop_last = loader.drop_last if train else False
         files = dataset.paths is not None
         per_view = view_augments(augment, num_views, train)
         if all(a is augment for a in per_view):  # one transform object shared, as without augment.views
@@ -137,30 +141,20 @@ class TorchLoader(LoaderBackend):
         self.loader_cfg = loader
         self.set_epoch(0)
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = epoch
+    def on_epoch(self, epoch: int) -> None:
         self.views.epoch = epoch
-        self._orders = self.epoch_orders(epoch)
-
-    def __len__(self) -> int:
-        return steps_per_epoch(len(self._orders[0]), self.stream_batch, self.drop_last)
 
     def _batches(self) -> list[list[tuple[int, int]]]:
-        """Per step, the (slot, index) items of all streams, stream-major."""
+        """Per step from `position` on, the (slot, index) items of all streams, stream-major. A row's
+        slot is its place in the epoch (stream s, position p of its order: s x epoch length + p),
+        which seeds its augmentation."""
         out = []
-        first = self._orders[0]
-        for step, sl in enumerate(batch_slices(len(first), self.stream_batch, self.drop_last)):
-            if step < self.position:
-                continue
-            items = []
-            n = sl.stop - sl.start
-            for s, order in enumerate(self._orders):
-                rows = order[sl.start: sl.start + n].tolist()
-                base = s * len(first)
-                items += [(base + sl.start + i, idx) for i, idx in enumerate(rows)]
-            out.append(items)
+        rows = self.rows.tolist()
+        for step in range(self.position, len(self.step_sizes)):
+            n, span = self.step_sizes[step], self.step_span(step)
+            first = step * self.stream_batch  # position in each stream's order of the step's first row
+            out.append([(s * self.epoch_length + first + i, rows[span.start + s * n + i])
+                        for s in range(self.num_streams) for i in range(n)])
         return out
 
     def __iter__(self):

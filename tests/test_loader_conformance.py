@@ -160,6 +160,28 @@ def test_batch_contract_two_streams_two_views(case):
     assert pos == len(orders[0])
 
 
+def test_streams_of_different_lengths_one_layout(case):
+    """The first stream defines the epoch; a shorter second stream wraps (its order again from the
+    start) and a longer one is cut at the epoch's length: the same rows in every backend, as laid
+    out by `LoaderBackend.set_epoch`."""
+    n = len(case.dataset)
+    first = case.sampler("instance", seed=1)
+    for m in (n // 3, 2 * n):
+        second = case.sampler("power", seed=2, q=1.0, num_samples=m)
+        loader = case.loader([first, second], batch_size=10)
+        o0, o1 = first.order(0), second.order(0)
+        want = o1.repeat(-(-n // len(o1)))[:n]
+        assert len(loader) == -(-n // 5)
+        pos = 0
+        for batch in loader:
+            b = batch.size // 2
+            assert torch.equal(batch.index[batch.stream_rows(0)], o0[pos: pos + b])
+            assert torch.equal(batch.index[batch.stream_rows(1)], want[pos: pos + b])
+            assert torch.equal(batch.labels, case.labels[batch.index])
+            pos += b
+        assert pos == n
+
+
 def test_drop_last_and_eval_order(case):
     n = len(case.dataset)
     for samplers in ([case.sampler()], glmc_samplers(case.dataset)):  # 10 rows, 5 per stream

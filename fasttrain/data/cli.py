@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from fasttrain.data.download import TARBALL_ENV, DownloadError, ensure_cifar10, ensure_cifar100
-from fasttrain.data.ffcv_convert import add_cli as add_ffcv_cli, run_cli as run_ffcv_cli
+from fasttrain.data.ffcv_convert import add_cli as add_ffcv_cli
 from fasttrain.data.index import DatasetError
 from fasttrain.data.lists import SPECS
 from fasttrain.data.prepare import add_arguments as add_prepare_arguments, run_command as run_prepare
@@ -102,6 +103,53 @@ def main(argv: list[str]) -> int:
     except (DownloadError, DatasetError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+
+def run_ffcv_cli(args) -> int:
+    """The `convert-ffcv` subcommand; prints the sidecar (without the class counts) as JSON.
+    Bad configs, options and a missing FFCV are one line on stderr (dataset errors are reported
+    by the `fasttrain data` command itself)."""
+    from fasttrain.schema import ConfigError
+
+    try:
+        out, side = _convert_from_cli(args)
+    except (ConfigError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"out": str(out), **{k: v for k, v in side.items() if k != "class_counts"}}))
+    return 0
+
+
+def _convert_from_cli(args) -> tuple[Path, dict]:
+    # Here rather than in fasttrain.data.ffcv_convert: the conversion module is imported by the
+    # ffcv loader backend, which the config imports, so it must not import the config itself.
+    from dataclasses import asdict
+
+    from fasttrain.config import apply_overrides, config_from_dict, load_config
+    from fasttrain.data import build_datasets
+    from fasttrain.data.ffcv_convert import ConvertOptions, cache_name, convert, default_cache_dir
+    from fasttrain.schema import ConfigError
+
+    overrides = list(args.overrides) + ([f"data.root={args.root}"] if args.root else [])
+    if args.source.endswith((".yaml", ".yml")) or Path(args.source).is_file():
+        cfg = load_config(args.source, overrides)
+    else:
+        cfg = config_from_dict(apply_overrides({"data": {"dataset": args.source}}, overrides), "convert-ffcv")
+    ld = cfg.loader
+    pick = {"write_mode": args.mode, "max_resolution": args.max_resolution, "jpeg_quality": args.quality,
+            "compress_probability": args.compress_probability}
+    try:
+        base = asdict(ConvertOptions.from_loader_config(ld))
+        opts = ConvertOptions(**{k: (v if pick[k] is None else pick[k]) for k, v in base.items()})
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    train, evl = build_datasets(cfg)
+    dataset = train if args.split == "train" else evl
+    out = Path(args.out) if args.out else (Path(ld.ffcv_cache_dir) if ld.ffcv_cache_dir else
+                                           default_cache_dir(dataset)) / cache_name(dataset, opts)
+    side = convert(dataset, out, opts, workers=args.workers or ld.ffcv_workers, progress=not args.no_progress)
+    return out, side
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,11 +27,8 @@ class BalancedSoftmaxConfig(CEConfig):  # CE's re-weighting / focal options appl
     pass
 
 
-@register
+@register("balanced_softmax", BalancedSoftmaxConfig)
 class BalancedSoftmax(CrossEntropy):
-    name = "balanced_softmax"
-    config_class = BalancedSoftmaxConfig
-    num_views = 1
 
     def __init__(self, cfg: BalancedSoftmaxConfig, ctx):
         super().__init__(cfg, ctx)

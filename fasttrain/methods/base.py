@@ -3,13 +3,15 @@
 A method decides the model it trains (backbone + heads), which sample streams it needs, how
 many augmented views per image, and the loss of one batch. Everything else (data, optimiser,
 schedule, AMP, checkpoints, evaluation) belongs to the trainer. Each method is one file in this
-package whose class is decorated with `@register`; `fasttrain/methods/__init__.py` imports the
-file (one line), and `METHODS` — the one list of method names, keyed by the class's `name` — is
-what the config, `fasttrain info` and the stage mechanism read.
+package whose class is decorated with `@register("name", ItsConfig)`; `fasttrain/methods/__init__.py`
+imports the file (one line), and `METHODS` — the one list of method names — is what the config,
+`fasttrain info` and the stage mechanism read. What a method does as a stage of a multi-stage run
+is one declaration, `stage = Stage.X` (see `Stage`).
 """
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,22 +19,53 @@ import torch
 import torch.nn as nn
 
 from fasttrain.augment import Augmenter
-from fasttrain.schema import build_dataclass
+from fasttrain.schema import build_dataclass, check_fields, option
 
 METHODS: dict[str, type["Method"]] = {}
 
 
-def register(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: add a method to `METHODS` under its `name`."""
-    if cls.name in METHODS:
-        raise ValueError(f"method name {cls.name!r} registered twice ({METHODS[cls.name].__name__}, {cls.__name__})")
-    METHODS[cls.name] = cls
-    return cls
+def register(name: str, config_class: type["MethodConfig"]):
+    """Class decorator: add a method to `METHODS` under `name`, with the dataclass of its `method:`
+    config section (`@register("glmc", GLMCConfig)`): the one place both are written."""
+    def add(cls: type["Method"]) -> type["Method"]:
+        if name in METHODS:
+            raise ValueError(f"method name {name!r} registered twice ({METHODS[name].__name__}, {cls.__name__})")
+        cls.name, cls.config_class = name, config_class
+        METHODS[name] = cls
+        return cls
+    return add
 
 
 def first_stage_methods() -> list[str]:
     """The methods a later stage may name as `base_method` (read from the registry at call time)."""
-    return sorted(n for n, m in METHODS.items() if builds_own_structure(m))
+    return sorted(n for n, m in METHODS.items() if m.stage.new_model)
+
+
+class Stage(enum.Enum):
+    """What a method does as a stage of a run: the one declaration (`Method.stage`) from which the
+    config, the run builder, the trainer and evaluation read how a multi-stage run is wired."""
+
+    SCRATCH = "trains a new model from scratch (a first stage: CE, GLMC, FBL, SSD I, ...)"
+    TEACHER = "trains a new model taught by the previous stage's model (SSD III's distillation)"
+    HEAD = "re-trains a head of the previous stage's model on its frozen backbone (cRT, LWS, MaxNorm)"
+    POST_HOC = "adjusts the previous stage's model without training (τ-normalisation)"
+
+    @property
+    def continues(self) -> bool:
+        """Uses the previous stage's model (alone: the structure of `base_method`, weights from
+        `model.init_from`); a SCRATCH method refuses to be a later stage."""
+        return self is not Stage.SCRATCH
+
+    @property
+    def new_model(self) -> bool:
+        """Builds a model of its own on a fresh backbone: what later stages continue and record as
+        their base structure (`base_method`)."""
+        return self in (Stage.SCRATCH, Stage.TEACHER)
+
+    @property
+    def trains(self) -> bool:
+        """False: nothing to optimise; the stage runs with train.epochs: 0 and no optimizer."""
+        return self is not Stage.POST_HOC
 
 
 @dataclass
@@ -40,16 +73,16 @@ class MethodConfig:
     """Base of every method's config section (`method:` in YAML). `name` is filled in from the
     method class (the registry key); a method's file never repeats it.
 
-    `CHOICES` (a class attribute, not a key) maps a key with a closed set of values to those values
-    (the constant or registry `validate` checks against, or a function returning them); subclasses add
-    theirs. `fasttrain config keys method` lists them (fasttrain.keys)."""
+    A key with a closed set of values or a range declares it where it is defined,
+    `key: float = option(1.0, gt=0)  # meaning` (fasttrain.schema.option): the schema checks it when
+    the config is built, `validate` checks it on an instance, and `fasttrain config keys` lists it.
+    A subclass overrides `validate` only for rules between keys."""
 
     name: str = ""  # which method (a name of the METHODS registry)
 
-    CHOICES = {}
-
     def validate(self) -> None:
-        """Raise ValueError naming the key for impossible values."""
+        """Raise ValueError (a ConfigError) naming the key for impossible values."""
+        check_fields(self, "method")
 
 
 @dataclass
@@ -61,15 +94,9 @@ class StageMethodConfig(MethodConfig):
     checkpoint of the earlier run loads strictly.
     """
 
-    base_method: str = "glmc"  # the model structure to build when started alone (model.init_from)
+    # the model structure to build when started alone (model.init_from)
+    base_method: str = option("glmc", choices=first_stage_methods)
     base_config: dict = field(default_factory=dict)  # base_method's own keys for that structure
-
-    CHOICES = {"base_method": first_stage_methods}
-
-    def validate(self) -> None:
-        first_stage = first_stage_methods()
-        if self.base_method not in first_stage:
-            raise ValueError(f"method.base_method: expected one of {first_stage}, got {self.base_method!r}")
 
 
 @dataclass
@@ -112,12 +139,6 @@ class MethodContext:
     stream_batch_size: int | None = None
 
 
-def builds_own_structure(method: type["Method"]) -> bool:
-    """Whether a later stage can name `method` as its `base_method`: a first-stage method, or a
-    stage that trains a new model of its own (SSD's distillation)."""
-    return not method.continues_stage or method.trains_new_model
-
-
 def handoff(model: nn.Module) -> nn.Module:
     """The part of a finished stage's model that a later stage continues: `model.handoff()` when the
     model defines it (SSD stage I: query encoder + classifier, without the key encoder, projections
@@ -148,27 +169,28 @@ def load_exactly(module: nn.Module, state: dict, what: str = "the model") -> Non
 
 
 class Method:
-    """Base class; subclasses set `name`, `config_class`, implement `new_model` and `loss`."""
+    """Base class; `@register(name, config_class)` names a subclass, which implements `new_model`
+    and `loss` (and sets `num_views` and `stage` where they differ from the defaults)."""
 
-    name: ClassVar[str] = "base"
-    config_class: ClassVar[type] = MethodConfig
+    name: ClassVar[str] = "base"  # set by @register
+    config_class: ClassVar[type] = MethodConfig  # set by @register
     num_views: ClassVar[int] = 1
-    # True: the method continues the previous stage's model (MaxNorm, cRT, LWS, SSD II-IV);
-    # False: it trains a fresh model and refuses to be a later stage.
-    continues_stage: ClassVar[bool] = False
-    # True: the method draws its own streams (GLMC, MaxNorm), so a loader.sampler setting
-    # would be ignored — the config rejects one instead.
+    stage: ClassVar[Stage] = Stage.SCRATCH  # what the method does as a stage (see Stage)
+    # Derived, never declared by a method (set by __init_subclass__ from `stage` and `streams`):
+    continues_stage: ClassVar[bool] = False  # stage.continues
+    trains: ClassVar[bool] = True  # stage.trains
+    # The method draws its own streams (it overrides `streams`: GLMC, the head re-training stages),
+    # so a loader.sampler setting would be ignored: the config rejects one instead.
     fixed_streams: ClassVar[bool] = False
-    # False: nothing to optimise (post-hoc methods such as τ-normalisation): the stage runs
-    # with train.epochs: 0 and no optimizer is built.
-    trains: ClassVar[bool] = True
-    # True (with continues_stage): the stage uses the previous model (a teacher) but trains a new
-    # model of its own, which is what later stages continue and record as their base structure.
-    trains_new_model: ClassVar[bool] = False
     # Under torchrun: DDP's find_unused_parameters. False (every built-in method): each step's loss
     # reaches every trainable parameter, and the search over the graph DDP would do costs time
     # every step. A method whose loss skips some trainable parameters on some steps sets True.
     ddp_find_unused_parameters: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.continues_stage, cls.trains = cls.stage.continues, cls.stage.trains
+        cls.fixed_streams = cls.streams is not Method.streams
 
     def __init__(self, cfg: MethodConfig, ctx: MethodContext):
         cfg.name = self.name
@@ -186,13 +208,13 @@ class Method:
     def needs_backbone(self, previous: nn.Module | None) -> bool:
         """Whether the builder must create a fresh backbone for `build_model`: for a new model (no
         previous stage), or for a stage that trains a new model next to the previous one."""
-        return previous is None or self.trains_new_model
+        return previous is None or self.stage is Stage.TEACHER
 
     def build_model(self, backbone: nn.Module | None, previous: nn.Module | None = None) -> nn.Module:
         """The model this method trains: the previous stage's model (its `handoff`) when there is
         one (only for `continues_stage` methods), else a fresh one on `backbone`."""
         if previous is not None:
-            if not self.continues_stage:
+            if not self.stage.continues:
                 raise ValueError(f"method {self.name}: single-stage method, cannot continue from a previous "
                                  "stage's model (use model.init_from to start from a checkpoint)")
             model = handoff(previous)
@@ -271,7 +293,7 @@ class StageMethod(Method):
     """A method that continues the previous stage's model; alone, it builds `base_method`'s."""
 
     config_class: ClassVar[type] = StageMethodConfig
-    continues_stage: ClassVar[bool] = True
+    stage: ClassVar[Stage] = Stage.HEAD
 
     def new_model(self, backbone: nn.Module) -> nn.Module:
         full = build_structure(self.cfg.base_method, self.cfg.base_config, self.ctx, backbone)

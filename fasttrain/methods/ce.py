@@ -14,7 +14,6 @@ Balanced Softmax and Logit Adjustment subclass this method and set `train_offset
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -24,27 +23,18 @@ from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, register
 from fasttrain.methods.priors import effective_number_weights
 from fasttrain.models import Classifier
+from fasttrain.schema import option
 
 REWEIGHTS = ("none", "cb")
 
 
 @dataclass
 class CEConfig(MethodConfig):
-    reweight: str = "none"  # none | cb (effective-number class-balanced weights)
-    cb_beta: float = 0.9999  # β of the effective number
+    reweight: str = option("none", choices=REWEIGHTS)  # none | cb (effective-number class-balanced weights)
+    cb_beta: float = option(0.9999, ge=0, lt=1)  # β of the effective number
     weighted_mean: bool = True  # reweight cb: divide by Σ w_y (F.cross_entropy(weight=)) instead of B
-    focal_gamma: float = 0.0  # γ of the focal loss; 0 = cross-entropy
+    focal_gamma: float = option(0.0, ge=0, finite=True)  # γ of the focal loss; 0 = cross-entropy
     focal_pt: bool = False  # focal: p from the softmax instead of exp(−weighted CE) (code: false)
-
-    CHOICES = {"reweight": REWEIGHTS}
-
-    def validate(self) -> None:
-        if self.reweight not in REWEIGHTS:
-            raise ValueError(f"method.reweight: expected one of {list(REWEIGHTS)}, got {self.reweight!r}")
-        if not 0.0 <= self.cb_beta < 1.0:
-            raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
-        if not (math.isfinite(self.focal_gamma) and self.focal_gamma >= 0):
-            raise ValueError(f"method.focal_gamma: expected a finite value >= 0, got {self.focal_gamma!r}")
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
@@ -70,11 +60,8 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weights
     return ((1.0 - p).pow(gamma) * ce).mean()
 
 
-@register
+@register("ce", CEConfig)
 class CrossEntropy(Method):
-    name = "ce"
-    config_class = CEConfig
-    num_views = 1
     # Per-class offset added to the logits in the training loss only (Balanced Softmax,
     # Logit Adjustment subclass this and set it); None = plain CE.
     train_offset: torch.Tensor | None = None

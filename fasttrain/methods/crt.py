@@ -25,11 +25,8 @@ class CRTConfig(HeadRetrainConfig):
     reinit: bool = True  # re-initialise the head before re-training (false: fine-tune it)
 
 
-@register
+@register("crt", CRTConfig)
 class CRT(HeadRetraining):
-    name = "crt"
-    config_class = CRTConfig
-    num_views = 1
 
     def prepare(self, model: nn.Module) -> None:
         head = self.head_of(model)

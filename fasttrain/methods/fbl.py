@@ -17,7 +17,6 @@ partner per row, loss λ·FBL(y_a) + (1 − λ)·FBL(y_b) on the mixed images' o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, Progress, register
 from fasttrain.methods.priors import fbl_stimulus
 from fasttrain.models import Classifier
+from fasttrain.schema import option
 
 CURRICULA = ("code", "e_over_E")
 STIMULUS_NORMS = ("max", "none")
@@ -35,24 +35,12 @@ STIMULUS_NORMS = ("max", "none")
 
 @dataclass
 class FBLConfig(MethodConfig):
-    stimulus_scale: float = 60.0  # A (code: --lambda_; 60 CIFAR, 150 large-scale)
-    curriculum: str = "code"  # code: t = (e/(E−10))² | e_over_E: t = (e/E)²
-    stimulus_norm: str = "max"  # max: a_c divided by its maximum (code) | none: log n_max − log n_c
+    stimulus_scale: float = option(60.0, ge=0, finite=True)  # A (code: --lambda_; 60 CIFAR, 150 large-scale)
+    curriculum: str = option("code", choices=CURRICULA)  # code: t = (e/(E−10))² | e_over_E: t = (e/E)²
+    # max: a_c divided by its maximum (code) | none: log n_max − log n_c
+    stimulus_norm: str = option("max", choices=STIMULUS_NORMS)
     mixup: bool = False  # the code's --mixup (off by default)
-    mixup_beta: float = 1.0  # λ ~ Beta(β, β)
-
-    CHOICES = {"curriculum": CURRICULA, "stimulus_norm": STIMULUS_NORMS}
-
-    def validate(self) -> None:
-        if not (math.isfinite(self.stimulus_scale) and self.stimulus_scale >= 0):
-            raise ValueError(f"method.stimulus_scale: expected a finite value >= 0, got {self.stimulus_scale!r}")
-        if self.curriculum not in CURRICULA:
-            raise ValueError(f"method.curriculum: expected one of {list(CURRICULA)}, got {self.curriculum!r}")
-        if self.stimulus_norm not in STIMULUS_NORMS:
-            raise ValueError(f"method.stimulus_norm: expected one of {list(STIMULUS_NORMS)}, "
-                             f"got {self.stimulus_norm!r}")
-        if not self.mixup_beta > 0:
-            raise ValueError(f"method.mixup_beta: expected a value > 0, got {self.mixup_beta!r}")
+    mixup_beta: float = option(1.0, gt=0)  # λ ~ Beta(β, β)
 
 
 def curriculum(epoch: int, epochs: int, kind: str = "code") -> float:
@@ -70,11 +58,8 @@ def balanced_logits(logits: torch.Tensor, features: torch.Tensor, stimulus: torc
     return logits.float() - strength * stimulus / (norm + 1e-12)
 
 
-@register
+@register("fbl", FBLConfig)
 class FBL(Method):
-    name = "fbl"
-    config_class = FBLConfig
-    num_views = 1
 
     def __init__(self, cfg: FBLConfig, ctx):
         super().__init__(cfg, ctx)

@@ -28,6 +28,7 @@ from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, Progress, StreamSpec, register
 from fasttrain.methods.priors import power_weights as class_weights  # w_c ∝ n_c^-γ, mean 1 (update_weight)
 from fasttrain.models import CifarResNet
+from fasttrain.schema import option
 
 PREDICT_HEADS = ("fc_cb", "fc", "sum")
 HEAD_INITS = ("auto", "kaiming", "default")
@@ -37,13 +38,13 @@ WEIGHTED_LOSS_NORMS = ("batch", "expected")
 @dataclass
 class GLMCConfig(MethodConfig):
     # Re-sampled stream: per-sample weight n_c^-q (code's --resample_weighting; 0.0 or 0.2).
-    resample_q: float = 0.0
+    resample_q: float = option(0.0, ge=0)
     # Soft-label class weights w_c ∝ n_c^-γ, mean 1 over classes (code's --label_weighting).
     label_weight_gamma: float = 1.2
     # λ_c of the SimSiam consistency term (the code parses an int; floats are allowed here).
-    consistency_weight: float = 1.0
+    consistency_weight: float = option(1.0, ge=0)
     # λ ~ Beta(β, β). 1.0 = Uniform(0, 1) = what the code runs (its --beta is never used).
-    mix_beta: float = 1.0
+    mix_beta: float = option(1.0, gt=0)
     # CutMix label weight from the pasted area (standard CutMix) instead of λ (code: false).
     cutmix_area_correct: bool = False
     # Reweighted terms train their own head fc_cb (code: true); false = both terms on fc.
@@ -51,9 +52,9 @@ class GLMCConfig(MethodConfig):
     # One 2B forward of [MixUp; CutMix] instead of two B forwards (faster; changes BN stats).
     fuse_two_forwards: bool = False
     # Logits used at test time: fc_cb (code) | fc | sum (fc + fc_cb).
-    predict_head: str = "fc_cb"
+    predict_head: str = option("fc_cb", choices=PREDICT_HEADS)
     # Projector/predictor width k; None = the code's choice (128 for d <= 256, else 256).
-    proj_dim: int | None = None
+    proj_dim: int | None = option(None, gt=0)
     # Scale of the reweighted terms: batch = their mean over the B rows (code) | expected = divided by
     # the two streams' mean label weight (a constant from the train counts, q and γ), so both terms
     # carry one scale.
@@ -61,35 +62,14 @@ class GLMCConfig(MethodConfig):
     # Why: an instance-sampled row carries on average Σ_c P(c) w_c of the plain terms' label mass
     # (0.16 on CIFAR-10-LT ρ=100 at γ = 1), so under `batch` the backbone's gradient shrinks ~6x as
     # α(e) hands the loss to fc_cb; 200 epochs absorb that, a few do not.
-    weighted_loss_norm: str = "batch"
+    weighted_loss_norm: str = option("batch", choices=WEIGHTED_LOSS_NORMS)
     # Exponent p of the cumulative coefficient α(e) = 1 − (e/E)^p (code: 2). A smaller p hands the
     # loss to the reweighted head fc_cb earlier: in a run of a few epochs p = 2 leaves fc_cb, the
     # only head used at test time, trained on a few low-lr epochs at the end.
-    cumulative_power: float = 2.0
+    cumulative_power: float = option(2.0, gt=0)
     # Head init: auto = Kaiming-normal fan-in on the CIFAR ResNet (its code inits every
     # Linear so), PyTorch default on torchvision trunks (their init loop skips Linear).
-    head_init: str = "auto"
-
-    CHOICES = {"weighted_loss_norm": WEIGHTED_LOSS_NORMS, "predict_head": PREDICT_HEADS, "head_init": HEAD_INITS}
-
-    def validate(self) -> None:
-        if self.resample_q < 0:
-            raise ValueError(f"method.resample_q: expected a value >= 0, got {self.resample_q!r}")
-        if self.consistency_weight < 0:
-            raise ValueError(f"method.consistency_weight: expected a value >= 0, got {self.consistency_weight!r}")
-        if not self.mix_beta > 0:
-            raise ValueError(f"method.mix_beta: expected a value > 0, got {self.mix_beta!r}")
-        if self.weighted_loss_norm not in WEIGHTED_LOSS_NORMS:
-            raise ValueError(f"method.weighted_loss_norm: expected one of {list(WEIGHTED_LOSS_NORMS)}, "
-                             f"got {self.weighted_loss_norm!r}")
-        if not self.cumulative_power > 0:
-            raise ValueError(f"method.cumulative_power: expected a value > 0, got {self.cumulative_power!r}")
-        if self.predict_head not in PREDICT_HEADS:
-            raise ValueError(f"method.predict_head: expected one of {list(PREDICT_HEADS)}, got {self.predict_head!r}")
-        if self.head_init not in HEAD_INITS:
-            raise ValueError(f"method.head_init: expected one of {list(HEAD_INITS)}, got {self.head_init!r}")
-        if self.proj_dim is not None and self.proj_dim <= 0:
-            raise ValueError(f"method.proj_dim: expected a value > 0 or null, got {self.proj_dim!r}")
+    head_init: str = option("auto", choices=HEAD_INITS)
 
 
 def default_proj_dim(feature_dim: int) -> int:
@@ -159,12 +139,9 @@ def select_logits(logits: torch.Tensor, logits_cb: torch.Tensor, head: str) -> t
     raise ValueError(f"method.predict_head: expected one of {list(PREDICT_HEADS)}, got {head!r}")
 
 
-@register
+@register("glmc", GLMCConfig)
 class GLMC(Method):
-    name = "glmc"
-    config_class = GLMCConfig
     num_views = 2
-    fixed_streams = True  # instance + power(q = method.resample_q); loader.sampler is rejected
 
     def __init__(self, cfg: GLMCConfig, ctx):
         super().__init__(cfg, ctx)

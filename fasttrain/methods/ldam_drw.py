@@ -26,7 +26,6 @@ re-weighting switches (the code's CE-DRW / CE-Reweight baselines).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -37,33 +36,20 @@ from fasttrain.methods.base import Method, MethodConfig, Progress, register
 from fasttrain.methods.ce import weighted_cross_entropy
 from fasttrain.methods.priors import effective_number_weights, ldam_margins
 from fasttrain.models import Classifier
+from fasttrain.schema import option
 
 REWEIGHTS = ("none", "drw", "cb")
 
 
 @dataclass
 class LDAMDRWConfig(MethodConfig):
-    max_margin: float = 0.5  # largest margin (the rarest class's); 0 disables the margin
-    scale: float = 30.0  # s multiplying the (cosine) logits inside the loss
+    max_margin: float = option(0.5, ge=0, finite=True)  # largest margin (the rarest class's); 0 disables the margin
+    scale: float = option(30.0, gt=0, finite=True)  # s multiplying the (cosine) logits inside the loss
     normed_classifier: bool = True  # cosine head without bias (code: use_norm for LDAM)
-    reweight: str = "drw"  # none | drw | cb
-    drw_start: int = 160  # first 0-indexed epoch with class-balanced weights (reweight: drw)
-    cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
+    reweight: str = option("drw", choices=REWEIGHTS)  # none | drw | cb
+    drw_start: int = option(160, ge=0)  # first 0-indexed epoch with class-balanced weights (reweight: drw)
+    cb_beta: float = option(0.9999, ge=0, lt=1)  # effective-number β of the class-balanced weights
     weighted_mean: bool = True  # divide by Σ w_y as F.cross_entropy(weight=) does (code)
-
-    CHOICES = {"reweight": REWEIGHTS}
-
-    def validate(self) -> None:
-        if not (math.isfinite(self.max_margin) and self.max_margin >= 0):
-            raise ValueError(f"method.max_margin: expected a finite value >= 0, got {self.max_margin!r}")
-        if not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"method.scale: expected a finite value > 0, got {self.scale!r}")
-        if self.reweight not in REWEIGHTS:
-            raise ValueError(f"method.reweight: expected one of {list(REWEIGHTS)}, got {self.reweight!r}")
-        if self.drw_start < 0:
-            raise ValueError(f"method.drw_start: expected an epoch >= 0, got {self.drw_start!r}")
-        if not 0.0 <= self.cb_beta < 1.0:
-            raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
 
 
 def margin_offset(labels: torch.Tensor, margins: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -97,11 +83,8 @@ class NormedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-@register
+@register("ldam_drw", LDAMDRWConfig)
 class LDAMDRW(Method):
-    name = "ldam_drw"
-    config_class = LDAMDRWConfig
-    num_views = 1
 
     def __init__(self, cfg: LDAMDRWConfig, ctx):
         super().__init__(cfg, ctx)

@@ -10,7 +10,6 @@ offset goes through the fused soft-label CE as a per-class `logit_offset`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,25 +18,18 @@ import torch.nn as nn
 from fasttrain.methods.base import register
 from fasttrain.methods.ce import CEConfig, CrossEntropy
 from fasttrain.methods.priors import log_prior
+from fasttrain.schema import option
 
 
 @dataclass
 class LogitAdjustConfig(CEConfig):  # CE's re-weighting / focal options apply too
-    tau: float = 1.0  # τ scaling the log prior
+    tau: float = option(1.0, ge=0, finite=True)  # τ scaling the log prior
     # false: logit-adjusted loss, plain logits at test; true: plain CE, adjusted logits at test.
     posthoc: bool = False
 
-    def validate(self) -> None:
-        super().validate()
-        if not (math.isfinite(self.tau) and self.tau >= 0):
-            raise ValueError(f"method.tau: expected a finite value >= 0, got {self.tau!r}")
 
-
-@register
+@register("logit_adjust", LogitAdjustConfig)
 class LogitAdjust(CrossEntropy):
-    name = "logit_adjust"
-    config_class = LogitAdjustConfig
-    num_views = 1
 
     def __init__(self, cfg: LogitAdjustConfig, ctx):
         super().__init__(cfg, ctx)

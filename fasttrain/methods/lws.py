@@ -24,11 +24,8 @@ class LWSConfig(HeadRetrainConfig):
     class_aware_k: int = 4
 
 
-@register
+@register("lws", LWSConfig)
 class LWS(HeadRetraining):
-    name = "lws"
-    config_class = LWSConfig
-    num_views = 1
     head_types = (nn.Linear, ScaledLinear)
 
     def prepare(self, model: nn.Module) -> None:

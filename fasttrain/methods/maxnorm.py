@@ -26,6 +26,7 @@ from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Progress, register
 from fasttrain.methods.priors import effective_number_weights
 from fasttrain.methods.retrain import HeadRetrainConfig, HeadRetraining
+from fasttrain.schema import option
 
 PGD_EVERY = ("epoch", "step")
 LOSSES = ("cb_softmax_bce", "cb_ce")
@@ -38,23 +39,10 @@ class MaxNormConfig(HeadRetrainConfig):
     # bn_mode (train = reference: whole model in train mode, batch statistics, running stats
     # keep updating) and the stage's sampler (instance, as the reference).
     head: str = "fc_cb"  # the Linear head to re-train (and to predict with): GLMC's reweighted head
-    thresh: float = 0.1  # τ of the per-layer max-norm threshold
-    pgd_every: str = "epoch"  # epoch (reference code) | step (paper wording)
-    loss: str = "cb_softmax_bce"  # cb_softmax_bce (reference code) | cb_ce
-    cb_beta: float = 0.9999  # effective-number β of the class-balanced weights
-
-    CHOICES = {"pgd_every": PGD_EVERY, "loss": LOSSES}
-
-    def validate(self) -> None:
-        super().validate()
-        if self.pgd_every not in PGD_EVERY:
-            raise ValueError(f"method.pgd_every: expected one of {list(PGD_EVERY)}, got {self.pgd_every!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"method.loss: expected one of {list(LOSSES)}, got {self.loss!r}")
-        if not 0.0 <= self.thresh <= 1.0:
-            raise ValueError(f"method.thresh: expected a value in [0, 1], got {self.thresh!r}")
-        if not 0.0 <= self.cb_beta < 1.0:
-            raise ValueError(f"method.cb_beta: expected a value in [0, 1), got {self.cb_beta!r}")
+    thresh: float = option(0.1, ge=0, le=1)  # τ of the per-layer max-norm threshold
+    pgd_every: str = option("epoch", choices=PGD_EVERY)  # epoch (reference code) | step (paper wording)
+    loss: str = option("cb_softmax_bce", choices=LOSSES)  # cb_softmax_bce (reference code) | cb_ce
+    cb_beta: float = option(0.9999, ge=0, lt=1)  # effective-number β of the class-balanced weights
 
 
 def cb_softmax_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -89,11 +77,8 @@ def project_rows(weight: torch.Tensor, delta: torch.Tensor) -> None:
     weight.mul_(scale.to(weight.dtype))
 
 
-@register
+@register("maxnorm", MaxNormConfig)
 class MaxNorm(HeadRetraining):
-    name = "maxnorm"
-    config_class = MaxNormConfig
-    num_views = 1
 
     def __init__(self, cfg: MaxNormConfig, ctx):
         super().__init__(cfg, ctx)

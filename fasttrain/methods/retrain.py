@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from fasttrain.methods.base import StageMethod, StageMethodConfig, StreamSpec
 from fasttrain.samplers import SAMPLERS
+from fasttrain.schema import option
 
 BN_MODES = ("train", "eval")
 
@@ -24,21 +25,10 @@ BN_MODES = ("train", "eval")
 @dataclass
 class HeadRetrainConfig(StageMethodConfig):
     head: str = "fc"  # the Linear head to re-train (and to predict with)
-    bn_mode: str = "train"  # frozen backbone's BN: train (reference codes) | eval
-    sampler: str = "instance"  # this stage's sample stream (see fasttrain.samplers)
+    bn_mode: str = option("train", choices=BN_MODES)  # frozen backbone's BN: train (reference codes) | eval
+    sampler: str = option("instance", choices=lambda: SAMPLERS)  # this stage's sample stream (see fasttrain.samplers)
     sampler_q: float = 1.0  # sampler power: weights n_c^-q
-    class_aware_k: int = 2  # sampler class_aware: samples per drawn class
-
-    CHOICES = {"bn_mode": BN_MODES, "sampler": SAMPLERS}
-
-    def validate(self) -> None:
-        super().validate()
-        if self.bn_mode not in BN_MODES:
-            raise ValueError(f"method.bn_mode: expected one of {list(BN_MODES)}, got {self.bn_mode!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"method.sampler: expected one of {list(SAMPLERS)}, got {self.sampler!r}")
-        if self.class_aware_k <= 0:
-            raise ValueError(f"method.class_aware_k: expected a value > 0, got {self.class_aware_k!r}")
+    class_aware_k: int = option(2, gt=0)  # sampler class_aware: samples per drawn class
 
 
 class ScaledLinear(nn.Module):
@@ -59,7 +49,6 @@ class HeadRetraining(StageMethod):
     """Base of the frozen-backbone stages; subclasses pick the trainable parameters and the loss."""
 
     config_class = HeadRetrainConfig
-    fixed_streams = True  # the stage's own `sampler`; loader.sampler is rejected
     head_types: tuple[type, ...] = (nn.Linear,)
 
     def streams(self) -> list[StreamSpec]:

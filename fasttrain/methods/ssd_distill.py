@@ -26,10 +26,11 @@ import torch
 import torch.nn as nn
 
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import (Progress, StageMethod, StageMethodConfig, build_structure, handoff,
+from fasttrain.methods.base import (Progress, Stage, StageMethod, StageMethodConfig, build_structure, handoff,
                                     load_exactly, register)
 from fasttrain.methods.handoff import EncoderClassifier
 from fasttrain.methods.retrain import BN_MODES, ScaledLinear
+from fasttrain.schema import option
 
 PREDICT_HEADS = ("soft", "hard", "sum")
 
@@ -39,27 +40,15 @@ class SSDDistillConfig(StageMethodConfig):
     # base_method / base_config: the first-stage structure under the teacher (recorded by the stage
     # mechanism; SSD: ssd_stage1, whose hand-off is its query encoder + fc).
     base_method: str = "ssd_stage1"
-    temperature: float = 2.0  # T (--kd_t)
-    kd_weight: float = 1.0  # weight of the KD term next to CE (code: 1)
+    temperature: float = option(2.0, gt=0)  # T (--kd_t)
+    kd_weight: float = option(1.0, ge=0)  # weight of the KD term next to CE (code: 1)
     teacher_head: str = "fc"  # the teacher's classifier head
     teacher_scaled: bool = True  # the teacher's head is an LWS ScaledLinear (stage II); false: a plain Linear
-    teacher_bn_mode: str = "train"  # teacher's BN: train (code: batch statistics, running stats drift) | eval
+    # teacher's BN: train (code: batch statistics, running stats drift) | eval
+    teacher_bn_mode: str = option("train", choices=BN_MODES)
     # Logits used for prediction: soft (the README's stage-III headline 55.4) | hard | sum (hard + soft).
     # Evaluation reports all three; which one the paper's number uses is not verified.
-    predict_head: str = "soft"
-
-    CHOICES = {"teacher_bn_mode": BN_MODES, "predict_head": PREDICT_HEADS}
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.temperature > 0:
-            raise ValueError(f"method.temperature: expected a value > 0, got {self.temperature!r}")
-        if self.kd_weight < 0:
-            raise ValueError(f"method.kd_weight: expected a value >= 0, got {self.kd_weight!r}")
-        if self.teacher_bn_mode not in BN_MODES:
-            raise ValueError(f"method.teacher_bn_mode: expected one of {list(BN_MODES)}, got {self.teacher_bn_mode!r}")
-        if self.predict_head not in PREDICT_HEADS:
-            raise ValueError(f"method.predict_head: expected one of {list(PREDICT_HEADS)}, got {self.predict_head!r}")
+    predict_head: str = option("soft", choices=PREDICT_HEADS)
 
 
 class SSDStudentNet(nn.Module):
@@ -103,12 +92,9 @@ def kd_terms(soft: torch.Tensor, teacher: torch.Tensor, temperature: float,
     return ce, ce.detach() - temperature ** 2 * entropy
 
 
-@register
+@register("ssd_distill", SSDDistillConfig)
 class SSDDistill(StageMethod):
-    name = "ssd_distill"
-    config_class = SSDDistillConfig
-    num_views = 1
-    trains_new_model = True  # a fresh student next to the previous model (the teacher)
+    stage = Stage.TEACHER  # a fresh student next to the previous model (the teacher)
 
     # --- model -----------------------------------------------------------------------------------
     def build_model(self, backbone: nn.Module | None, previous: nn.Module | None = None) -> nn.Module:

@@ -30,39 +30,30 @@ from fasttrain.methods.handoff import EncoderClassifier
 from fasttrain.methods.label_queue import LabeledQueue, label_aware_contrastive_loss
 from fasttrain import distributed
 from fasttrain.methods.momentum import ddp_shuffled_forward, ema_update_, key_permutation, shuffled_forward
-from fasttrain.schema import ConfigError
+from fasttrain.schema import ConfigError, option
 
 
 @dataclass
 class SSDStage1Config(MethodConfig):
     # Keys in the queue: the code's 115,712 = 452 x 256 (≈ the ImageNet-LT train size). Must be
     # divisible by the global batch and at most the train size (checked when the stage starts).
-    queue_size: int = 115712
-    temperature: float = 0.2  # τ of the contrastive logits
-    momentum: float = 0.999  # m of the key encoder's EMA
-    proj_dim: int = 128  # width of the projected (and L2-normalised) queries / keys
-    proj_hidden: int | None = None  # hidden width of the projection MLP; null = the feature width d (code)
-    contrastive_weight: float = 1.0  # weight of L_con next to CE (code: 1)
+    queue_size: int = option(115712, gt=0)
+    temperature: float = option(0.2, gt=0)  # τ of the contrastive logits
+    momentum: float = option(0.999, ge=0, le=1)  # m of the key encoder's EMA
+    proj_dim: int = option(128, gt=0)  # width of the projected (and L2-normalised) queries / keys
+    # hidden width of the projection MLP; null = the feature width d (code)
+    proj_hidden: int | None = option(None, gt=0)
+    contrastive_weight: float = option(1.0, ge=0)  # weight of L_con next to CE (code: 1)
     label_aware: bool = True  # same-class queue entries removed from the negatives (false: plain MoCo)
     queue_init_label: int = 0  # label of the initial random queue entries (code: 0); -1 = no class
     # One-process stand-in for shuffle-BN: keys are encoded in this many shuffled sub-batches (8 =
     # the BN batch of an 8-GPU run); 1 = the whole batch at once (no shuffling). Under torchrun the
     # real shuffle-BN runs across the ranks instead (one BN batch per rank); this key is then unused.
-    shuffle_bn_splits: int = 8
+    shuffle_bn_splits: int = option(8, gt=0)
 
     def validate(self) -> None:
-        for key in ("queue_size", "proj_dim", "shuffle_bn_splits"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"method.{key}: expected a value > 0, got {getattr(self, key)!r}")
-        if self.proj_hidden is not None and self.proj_hidden <= 0:
-            raise ValueError(f"method.proj_hidden: expected a value > 0 or null, got {self.proj_hidden!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"method.temperature: expected a value > 0, got {self.temperature!r}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"method.momentum: expected a value in [0, 1], got {self.momentum!r}")
-        if self.contrastive_weight < 0:
-            raise ValueError(f"method.contrastive_weight: expected a value >= 0, got {self.contrastive_weight!r}")
-        if self.queue_init_label < -1:
+        super().validate()
+        if self.queue_init_label < -1:  # a class index is checked against the dataset when the model is built
             raise ValueError(f"method.queue_init_label: expected a class index or -1, got {self.queue_init_label!r}")
 
 
@@ -117,10 +108,8 @@ class SSDStage1Net(nn.Module):
         return EncoderClassifier(self.backbone, self.fc)
 
 
-@register
+@register("ssd_stage1", SSDStage1Config)
 class SSDStage1(Method):
-    name = "ssd_stage1"
-    config_class = SSDStage1Config
     num_views = 2  # view 0: query view, view 1: key view (augment.views gives each its own augmentation)
 
     def __init__(self, cfg: SSDStage1Config, ctx):

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from fasttrain.methods.base import register
+from fasttrain.methods.base import Stage, register
 from fasttrain.methods.retrain import HeadRetrainConfig, HeadRetraining
+from fasttrain.schema import option
 
 BIAS = ("drop", "keep")
 TAU_SPLITS = ("test", "val")  # data.eval_split names
@@ -33,25 +34,17 @@ def default_grid() -> list[float]:
 
 @dataclass
 class TauNormConfig(HeadRetrainConfig):
-    tau: float | None = None  # None: search `tau_grid` on `tau_split`
+    tau: float | None = option(None, ge=0, finite=True)  # None: search `tau_grid` on `tau_split`
     tau_grid: list[float] = field(default_factory=default_grid)  # the τ searched when tau is None
-    tau_split: str = "val"  # test | val (a data.eval_split name)
-    bias: str = "drop"  # drop (reference notebook) | keep
-
-    CHOICES = {"tau_split": TAU_SPLITS, "bias": BIAS}
+    tau_split: str = option("val", choices=TAU_SPLITS)  # test | val (a data.eval_split name)
+    bias: str = option("drop", choices=BIAS)  # drop (reference notebook) | keep
 
     def validate(self) -> None:
         super().validate()
-        if self.tau is not None and not (math.isfinite(self.tau) and self.tau >= 0):
-            raise ValueError(f"method.tau: expected a finite value >= 0 or null, got {self.tau!r}")
         if self.tau is None and not self.tau_grid:
             raise ValueError("method.tau_grid: empty; give at least one τ (or set method.tau)")
         if any(not (math.isfinite(t) and t >= 0) for t in self.tau_grid):
             raise ValueError(f"method.tau_grid: expected finite values >= 0, got {self.tau_grid!r}")
-        if self.tau_split not in TAU_SPLITS:
-            raise ValueError(f"method.tau_split: expected test or val, got {self.tau_split!r}")
-        if self.bias not in BIAS:
-            raise ValueError(f"method.bias: expected one of {list(BIAS)}, got {self.bias!r}")
 
 
 def tau_normalized_logits(features: torch.Tensor, head: nn.Linear, tau: float, keep_bias: bool) -> torch.Tensor:
@@ -67,12 +60,9 @@ def tau_normalized_logits(features: torch.Tensor, head: nn.Linear, tau: float, k
     return logits
 
 
-@register
+@register("tau_norm", TauNormConfig)
 class TauNorm(HeadRetraining):
-    name = "tau_norm"
-    config_class = TauNormConfig
-    num_views = 1
-    trains = False  # nothing to optimise: the stage runs with train.epochs: 0
+    stage = Stage.POST_HOC  # nothing to optimise: the stage runs with train.epochs: 0
 
     def prepare(self, model: nn.Module) -> None:
         self.freeze_all_but(model, [])

@@ -2,50 +2,23 @@
 
 Inputs are uint8 images, so there is nothing to differentiate: these are plain functions
 rather than `torch.autograd.Function`s (the outputs are leaves of the training graph).
-`impl="auto"` picks Triton for CUDA tensors (or under TRITON_INTERPRET=1 when asked for
-explicitly) and the reference everywhere else.
+Which one runs is `kernels.dispatch.use_triton` (the package's one dispatch rule): `impl="auto"`
+picks Triton for CUDA tensors and the reference everywhere else.
 """
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import torch
 
 from . import reference
+from ..dispatch import IMPLS, triton_available, use_triton  # noqa: F401 - IMPLS, triton_available: this kernel's API
 from .reference import Crop
 
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-IMPLS = ("auto", "triton", "torch")  # Triton on CUDA (auto) | always Triton | the reference
 BLOCK = 1024
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def use_triton(impl: str, device: torch.device) -> bool:
-    if impl == "torch":
-        return False
-    if impl == "triton":
-        if not triton_available():
-            raise RuntimeError("mix kernel impl='triton': triton is not installed (pip install triton)")
-        if device.type != "cuda" and not _interpreting():
-            raise RuntimeError("mix kernel impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU); "
-                               "use impl='auto' or 'torch'")
-        return True
-    if impl == "auto":
-        return device.type == "cuda" and triton_available()
-    raise ValueError(f"mix kernel impl: expected one of {list(IMPLS)}, got {impl!r}")
+WHAT = "mix kernel"  # the name dispatch messages give this kernel
 
 
 def _nhwc(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -129,7 +102,7 @@ def fused_normalize(x: torch.Tensor, crop: Crop | None, mean: Sequence[float], s
     """Pending crop/flip + normalise one uint8 view -> channels_last `dtype`."""
     _check_dtype(dtype)
     reference.check_images(x, "view")
-    if not use_triton(impl, x.device):
+    if not use_triton(impl, x.device, WHAT):
         return reference.normalize_reference(x, crop, mean, std, dtype).contiguous(
             memory_format=torch.channels_last)
     from .triton_kernel import MODE_PLAIN
@@ -150,7 +123,7 @@ def fused_mix(view_mix: torch.Tensor, view_cut: torch.Tensor, crop_mix: Crop | N
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     if view_mix.shape != view_cut.shape:
         raise ValueError(f"view_mix {tuple(view_mix.shape)} and view_cut {tuple(view_cut.shape)} differ")
-    if not use_triton(impl, view_mix.device):
+    if not use_triton(impl, view_mix.device, WHAT):
         return reference.mixup_cutmix_reference(view_mix, view_cut, crop_mix, crop_cut, idx_a, idx_b,
                                                 lam, box, mean, std, dtype)
     from .triton_kernel import MODE_CUTMIX, MODE_MIXUP

@@ -2,7 +2,8 @@
 
 impl="auto" runs the fused Triton kernel on CUDA tensors and the pure-torch reference
 elsewhere; "triton" / "torch" force one. "triton" on CPU tensors
-only works under TRITON_INTERPRET=1 (the kernel tests use that).
+only works under TRITON_INTERPRET=1 (the kernel tests use that). The rule is the package's one
+dispatch helper, `kernels.dispatch.use_triton`.
 
 Gradients flow to the logits only: targets, lam, class weights and logit offsets are treated as
 constants (their gradient is None, i.e. they are never trained through this loss).
@@ -22,15 +23,15 @@ Backward strategy of the Triton path (`grad_mode`):
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional
 
 import torch
 from torch import nn
 
+from ..dispatch import IMPLS, use_triton
 from .reference import Lam, SoftCEInputs, reference_from_inputs, validate_inputs
 
-IMPLS = ("auto", "triton", "torch")
+WHAT = "soft_target_cross_entropy"  # the name dispatch messages give this kernel
 GRAD_MODES = ("recompute", "fused")
 
 
@@ -44,21 +45,6 @@ def _triton_module():
             "soft_target_cross_entropy: impl='triton' needs the `triton` package (pip install triton)"
         ) from exc
     return triton_kernel
-
-
-def _use_triton(logits: torch.Tensor, impl: str) -> bool:
-    if impl not in IMPLS:
-        raise ValueError(f"soft_target_cross_entropy: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "torch":
-        return False
-    if impl == "auto":
-        return logits.is_cuda
-    if not logits.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            "soft_target_cross_entropy: impl='triton' needs CUDA tensors "
-            "(or TRITON_INTERPRET=1 set before triton is imported, for tests on CPU)"
-        )
-    return True
 
 
 class _SoftCETriton(torch.autograd.Function):
@@ -160,7 +146,7 @@ def soft_target_cross_entropy(
         logits, y_a=y_a, y_b=y_b, lam=lam, targets=targets, class_weights=class_weights,
         logit_offset=logit_offset, temperature=temperature, t2_scale=t2_scale, reduction=reduction,
     )
-    if _use_triton(logits, impl):
+    if use_triton(impl, logits.device, WHAT):
         return triton_soft_target_cross_entropy(x)
     return reference_from_inputs(x)
 

@@ -84,6 +84,120 @@ def test_a_part_that_overruns_is_killed_and_recorded(tmp_path):
     assert res["status"] == "timeout" and res["returncode"] is None and res["elapsed_s"] < 15
 
 
+def test_round_robin_reports_every_round_for_partial_saves():
+    seen = []
+    H.round_robin({"a": lambda: None}, torch.device("cpu"), reps=3, warmup=1,
+                  on_round=lambda s: seen.append(len(s["a"])))
+    assert seen == [0, 1, 2, 3]  # after the warm-up, then after each round
+
+
+def _without_cuda(argv: list[str]) -> list[str]:
+    """The arguments minus `--device cuda` (which argparse resolves, and this machine may lack)."""
+    i = argv.index("--device")
+    assert argv[i + 1] == "cuda"
+    return argv[:i] + argv[i + 2:]
+
+
+def test_gpu_plan_is_headline_first_and_fits_its_budget():
+    """The order, the shares and the reduced sweeps of the real (not dry-run) GPU call."""
+    import argparse
+
+    from fasttrain.bench import kernels as K
+    from fasttrain.bench import loaders as L
+
+    plan = G.parts(dry_run=False)
+    assert [p.name for p in plan] == ["step", "train", "step_cuda_graphs", "kernels", "pytest_gpu", "loaders"]
+    assert sum(p.share for p in plan) == pytest.approx(1.0)
+    budget = G.DEFAULT_BUDGET_S
+    assert budget == 480
+    assert 'BUDGET="${BUDGET_S:-480}"' in (ROOT / "benchmarks/gpu_oneshot.sh").read_text()
+    # If every part uses its whole share, each still gets a useful slice, and all fit the budget.
+    left, timeouts = budget - 5.0, {}
+    for i, part in enumerate(plan):
+        timeouts[part.name] = left * part.share / sum(p.share for p in plan[i:])
+        left -= timeouts[part.name]
+    assert min(timeouts.values()) >= 60 and left == pytest.approx(0, abs=1e-6)
+    assert timeouts["train"] >= 100  # the 200-epoch headline: compile + 3 x 40 steps
+    # kernels: a reduced sweep whose one compile group per kernel exists in it
+    kp = argparse.ArgumentParser()
+    K.add_arguments(kp)
+    kargs = kp.parse_args(_without_cuda(plan[3].argv[plan[3].argv.index("kernels") + 1:]))
+    sweep = K.sweep_plan(kargs, gpu=True)
+    assert len(sweep["groups"]) <= 8 and sweep["reps"] == 20 and sweep["dtypes"] == [torch.bfloat16]
+    named = set(kargs.compile_groups.split(","))
+    assert len(named) == 2 and named <= sweep["groups"]
+    # loaders: nothing that needs DALI or FFCV (the device has neither), 3 reps of 1,024 images
+    lp = argparse.ArgumentParser()
+    L.add_arguments(lp)
+    largs = lp.parse_args(_without_cuda(plan[5].argv[plan[5].argv.index("loaders") + 1:]))
+    assert (largs.reps, largs.images) == (3, 1024)
+    assert not any(n.startswith(("dali", "ffcv")) for n in largs.only.split(","))
+    # pytest: every outcome listed, a per-test limit
+    assert {"-v", "-rA"} <= set(plan[4].argv) and float(plan[4].env["FASTTRAIN_TEST_TIMEOUT_S"]) > 0
+    # the install never reaches for the network (the device has none)
+    assert "--no-index" in (ROOT / "benchmarks/gpu_oneshot.sh").read_text()
+
+
+def test_every_suite_part_leaves_its_json_when_stopped(tmp_path):
+    """Each suite part of the one-shot (dry run), stopped as an overrun is (SIGINT to its group)
+    once its first JSON exists: what it wrote stays a valid report."""
+    import signal
+    import time
+
+    stopped_midway = []
+    for part in [p for p in G.parts(dry_run=True) if p.suite]:
+        out = tmp_path / part.name
+        argv = [sys.executable, *part.argv, "--out-dir", str(out)]
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        running = proc.poll() is None
+        if running:
+            os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+        files = list(out.glob("*.json"))
+        assert len(files) == 1, (part.name, err[-2000:])
+        report = json.loads(files[0].read_text())
+        assert H.validate_report(report) == [], part.name
+        assert report["suite"] == part.suite
+        if running and report.get("partial"):
+            stopped_midway.append(part.name)
+    assert stopped_midway, "no part was stopped before it finished: the test measured nothing"
+
+
+def test_a_hung_test_fails_after_the_per_test_timeout(tmp_path):
+    (tmp_path / "conftest.py").write_text((ROOT / "tests/conftest.py").read_text())
+    (tmp_path / "test_hang.py").write_text("import time\n\ndef test_hangs():\n    time.sleep(30)\n\n"
+                                           "def test_quick():\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FASTTRAIN_TEST_TIMEOUT_S": "1"}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res.stdout[-2000:]
+    assert "1 failed, 1 passed" in res.stdout and "FASTTRAIN_TEST_TIMEOUT_S=1" in res.stdout
+
+
+def test_gpu_first_tests_run_first_under_a_mark_expression(tmp_path):
+    (tmp_path / "conftest.py").write_text((ROOT / "tests/conftest.py").read_text())
+    (tmp_path / "test_order.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.gpu
+        def test_a():
+            pass
+
+        @pytest.mark.gpu(first=True)
+        def test_b():
+            pass
+    """))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider",
+                          str(tmp_path)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout[-2000:]
+    assert res.stdout.index("test_b") < res.stdout.index("test_a")
+
+
 def test_gpu_dry_run_runs_every_part_and_writes_valid_reports(tmp_path):
     """The exact command of the GPU session, on the CPU at tiny sizes: every suite part succeeds,
     its report has the required fields, the chart exists, the output folder holds ≤ 8 files."""

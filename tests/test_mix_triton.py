@@ -1,27 +1,30 @@
-"""Fused mix kernel vs the pure-torch reference, under the Triton CPU interpreter.
+"""Fused mix kernel vs the pure-torch reference: under the Triton CPU interpreter, or compiled on a GPU.
 
-Run in its own pytest process: TRITON_INTERPRET must be set before triton is imported.
+Collected only where the kernel can run (tests/conftest.py): in a process started with
+TRITON_INTERPRET=1 (test_triton_kernels.py starts one from the normal run; the variable must be set
+before triton is imported), or on a CUDA machine, where the same cases run compiled and carry the
+`gpu` marker (`pytest -m gpu`).
 """
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
 from fasttrain import augment as A  # noqa: E402
+from fasttrain.batch import Batch, random_geometry  # noqa: E402
 from fasttrain.data.index import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from fasttrain.kernels.mix import function as F  # noqa: E402
-from fasttrain.batch import Batch, random_geometry  # noqa: E402
+
+DEV = torch.device("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda")
 
 MEAN, STD = CIFAR100_MEAN, CIFAR100_STD  # std 0.2: the largest normalised magnitudes
 
 
 def images(n, h, w, seed):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+    x = torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g).to(DEV)
     return x.contiguous(memory_format=torch.channels_last)
 
 
@@ -35,10 +38,15 @@ def draws(n, h, w, pad, seed):
     g = torch.Generator().manual_seed(seed)
     geo_m = random_geometry(n, pad, True, g, "cpu") if pad is not None else None
     geo_c = random_geometry(n, pad, True, g, "cpu") if pad is not None else None
-    perm = torch.randperm(n, generator=g)
+    perm = torch.randperm(n, generator=g).to(DEV)
     m = n // 2
     spec = A.sample_mix(h, w, generator=g)
-    return geo_m, geo_c, perm[:m], perm[m: 2 * m], spec
+    return on_dev(geo_m), on_dev(geo_c), perm[:m], perm[m: 2 * m], spec
+
+
+def on_dev(geo):
+    """The geometry drawn on the CPU (the same draws on every device), moved to DEV."""
+    return None if geo is None else type(geo)(geo.offsets.to(DEV), geo.flip.to(DEV), geo.padding)
 
 
 # (N source rows, H, W, padding or None = already cropped); 20×20×3 = 1200 > BLOCK: a tail block.
@@ -82,9 +90,9 @@ def test_mix_kernel_bf16_within_one_rounding_step(n, h, w, pad):
 @pytest.mark.parametrize("pad", [4, None])
 def test_normalize_kernel_matches_reference(pad):
     x = images(5, 16, 16, 10)
-    geo = random_geometry(5, pad, True, torch.Generator().manual_seed(1), "cpu") if pad else None
-    batch = Batch(views=[x], labels=torch.zeros(5, dtype=torch.long), stream=torch.zeros(5, dtype=torch.long),
-                  geometry=[geo])
+    geo = on_dev(random_geometry(5, pad, True, torch.Generator().manual_seed(1), "cpu")) if pad else None
+    batch = Batch(views=[x], labels=torch.zeros(5, dtype=torch.long, device=DEV),
+                  stream=torch.zeros(5, dtype=torch.long, device=DEV), geometry=[geo])
     (got,) = A.Augmenter(MEAN, STD, impl="triton").views(batch)
     (want,) = A.Augmenter(MEAN, STD, impl="torch").views(batch)
     assert got.is_contiguous(memory_format=torch.channels_last)
@@ -97,8 +105,8 @@ def test_launches_reuse_the_normalisation_scalars_and_placeholder():
     """The launcher runs every step: (mean, std) -> kernel scalars and the unused-argument
     placeholder are built once, not on every call."""
     x = images(3, 8, 8, 2)
-    batch = Batch(views=[x], labels=torch.zeros(3, dtype=torch.long), stream=torch.zeros(3, dtype=torch.long),
-                  geometry=[None])
+    batch = Batch(views=[x], labels=torch.zeros(3, dtype=torch.long, device=DEV),
+                  stream=torch.zeros(3, dtype=torch.long, device=DEV), geometry=[None])
     mean, std = (0.11, 0.22, 0.33), (0.3, 0.2, 0.1)  # a pair no other test uses
     before = F._kernel_scalars.cache_info()
     aug = A.Augmenter(mean, std, impl="triton")
@@ -113,7 +121,7 @@ def test_launches_reuse_the_normalisation_scalars_and_placeholder():
 def test_auto_dispatch_uses_reference_on_cpu(monkeypatch):
     called = []
     monkeypatch.setattr(F, "_launch", lambda *a, **k: called.append(1))
-    x = images(2, 4, 4, 0)
+    x = images(2, 4, 4, 0).cpu()  # CPU tensors on every machine: this is the CPU rule
     A.mixup_cutmix(x, x, None, None, torch.tensor([0]), torch.tensor([1]), A.MixSpec(0.5, (0, 2, 0, 2), 0.5),
                    MEAN, STD, impl="auto")
     assert not called

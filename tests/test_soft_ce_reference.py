@@ -222,11 +222,17 @@ def test_triton_kernel_compiles_for_sm90_without_gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("C,B", list(itertools.product([10, 100, 1000, 8142, 20000], [1, 7, 64, 513])))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("C,B", list(itertools.product([10, 1000, 8142, 20000], [7, 513])))
 def test_triton_matches_reference_on_gpu(C, B, dtype):
+    """Compiled kernels vs the reference at the shapes that matter (one and several chunks per row,
+    a ragged batch), every target form the methods use — GLMC's is a plain float λ with class
+    weights — and both backward strategies. A matrix that compiles in seconds."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    from fasttrain.kernels.soft_ce.function import triton_soft_target_cross_entropy
+    from fasttrain.kernels.soft_ce.reference import validate_inputs
+
     g = torch.Generator(device="cuda").manual_seed(C + B)
     z = (torch.randn(B, C, device="cuda", generator=g) * 3).to(dtype)
     ya = torch.randint(0, C, (B,), device="cuda", generator=g)
@@ -235,13 +241,20 @@ def test_triton_matches_reference_on_gpu(C, B, dtype):
     b = torch.randn(C, device="cuda", generator=g)
     dense = torch.softmax(torch.randn(B, C, device="cuda", generator=g), 1)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-    for kw in [dict(y_a=ya), dict(y_a=ya, y_b=yb, lam=torch.rand(B, device="cuda", generator=g), class_weights=w, logit_offset=b),
-               dict(targets=dense, temperature=2.0, t2_scale=True, reduction="sum")]:
-        outs = []
-        for impl in ("torch", "triton"):
-            zz = z.detach().clone().requires_grad_()
-            out = soft_target_cross_entropy(zz, impl=impl, **kw)
-            out.backward()
-            outs.append((out.detach(), zz.grad.float()))
-        torch.testing.assert_close(outs[1][0], outs[0][0], **tol)
-        torch.testing.assert_close(outs[1][1], outs[0][1], **tol)
+    cases = [dict(y_a=ya),
+             dict(y_a=ya, y_b=yb, lam=0.37, class_weights=w),  # GLMC's reweighted mixed-label term
+             dict(y_a=ya, y_b=yb, lam=torch.rand(B, device="cuda", generator=g), class_weights=w, logit_offset=b),
+             dict(targets=dense, temperature=2.0, t2_scale=True, reduction="sum")]
+    for kw in cases:
+        for grad_mode in ("recompute", "fused"):
+            outs = []
+            for impl in ("torch", "triton"):
+                zz = z.detach().clone().requires_grad_()
+                if impl == "torch":
+                    out = soft_target_cross_entropy(zz, impl="torch", **kw)
+                else:
+                    out = triton_soft_target_cross_entropy(validate_inputs(zz, **kw), grad_mode=grad_mode)
+                out.backward()
+                outs.append((out.detach(), zz.grad.float()))
+            torch.testing.assert_close(outs[1][0], outs[0][0], **tol)
+            torch.testing.assert_close(outs[1][1], outs[0][1], **tol)

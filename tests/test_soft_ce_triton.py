@@ -1,17 +1,20 @@
-"""Triton soft-label CE kernel vs the reference, on CPU under TRITON_INTERPRET=1 (fp32, small).
+"""Triton soft-label CE kernel vs the reference: on the CPU under TRITON_INTERPRET=1 (fp32, small),
+or compiled on a GPU.
 
-Run in its own process: TRITON_INTERPRET=1 must be set before torch/triton are imported.
-Both backward strategies ("recompute", "fused") and both code paths of the kernel (whole row in
-one chunk, and several chunks with the online softmax, forced by shrinking MAX_BLOCK_C) are hit.
+Collected only where the kernel can run (tests/conftest.py): in a process started with
+TRITON_INTERPRET=1 (test_triton_kernels.py starts one from the normal run; the variable must be set
+before triton is imported), or on a CUDA machine, where the same cases run compiled and carry the
+`gpu` marker (`pytest -m gpu`). Both backward strategies ("recompute", "fused") and both code paths
+of the kernel (whole row in one chunk, and several chunks with the online softmax, forced by
+shrinking MAX_BLOCK_C) are hit.
 """
+import itertools
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
 
-import itertools  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+pytest.importorskip("triton")
 
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy, soft_target_cross_entropy_reference  # noqa: E402
 from fasttrain.kernels.soft_ce import triton_kernel as tk  # noqa: E402
@@ -19,6 +22,11 @@ from fasttrain.kernels.soft_ce.function import triton_soft_target_cross_entropy 
 from fasttrain.kernels.soft_ce.reference import validate_inputs  # noqa: E402
 
 TARGET_KINDS = ("hard", "mix_scalar", "mix_rows", "dense")
+DEV = torch.device("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda")
+
+
+def on_dev(kw: dict) -> dict:
+    return {k: v.to(DEV) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
 
 
 def make_case(B, C, kind, opts, seed, dtype=torch.float32):
@@ -37,11 +45,12 @@ def make_case(B, C, kind, opts, seed, dtype=torch.float32):
         kw["logit_offset"] = torch.randn(C, generator=g)
     if "T" in opts:
         kw.update(temperature=1.7, t2_scale=True)
-    return z, kw
+    return z.to(DEV), on_dev(kw)  # drawn on the CPU: the same cases on every device
 
 
 def compare(z, kw, grad_mode="recompute", reduction="mean", rtol=1e-5, atol=1e-5):
     """Values and logits-gradients (for a random grad_output) of Triton vs the reference."""
+    z, kw = z.to(DEV), on_dev(kw)
     results = []
     for use_triton in (False, True):
         zz = z.detach().clone().requires_grad_()
@@ -49,7 +58,7 @@ def compare(z, kw, grad_mode="recompute", reduction="mean", rtol=1e-5, atol=1e-5
             out = triton_soft_target_cross_entropy(validate_inputs(zz, reduction=reduction, **kw), grad_mode=grad_mode)
         else:
             out = soft_target_cross_entropy_reference(zz, reduction=reduction, **kw)
-        go = torch.rand(out.shape, generator=torch.Generator().manual_seed(11)) + 0.5
+        go = torch.rand(out.shape, generator=torch.Generator().manual_seed(11)).to(DEV) + 0.5
         (out * go).sum().backward()
         results.append((out.detach(), zz.grad))
     (v_ref, g_ref), (v_tri, g_tri) = results
@@ -83,13 +92,13 @@ def test_matches_reference_multi_chunk(monkeypatch, B, C, kind, grad_mode):
 
 def test_non_contiguous_inputs_and_int32_labels():
     g = torch.Generator().manual_seed(3)
-    big = torch.randn(9, 60, generator=g)
+    big = torch.randn(9, 60, generator=g).to(DEV)  # strided views of tensors already on DEV
     z = big[::2, 5:45]  # row-strided view
-    zt = torch.randn(40, 5, generator=g).t()  # class axis strided
-    ya = torch.randint(0, 40, (10,), generator=g)[::2].int()
-    off = torch.randn(5, 80, generator=g)[:, ::2]  # per-sample offset, strided
+    zt = torch.randn(40, 5, generator=g).to(DEV).t()  # class axis strided
+    ya = torch.randint(0, 40, (10,), generator=g).to(DEV)[::2].int()
+    off = torch.randn(5, 80, generator=g).to(DEV)[:, ::2]  # per-sample offset, strided
     compare(z, dict(y_a=ya, logit_offset=off))
-    compare(zt, dict(targets=torch.softmax(torch.randn(10, 40, generator=g), 1)[::2]))
+    compare(zt, dict(targets=torch.softmax(torch.randn(10, 40, generator=g), 1).to(DEV)[::2]))
 
 
 def test_edge_cases_lambda_extremes_same_labels_zero_rows():
@@ -134,25 +143,27 @@ def test_dispatch_module_and_temperature_only():
 
 
 def test_out_of_range_label_gives_nan_not_a_crash():
-    z = torch.randn(3, 10)
-    out = soft_target_cross_entropy(z, y_a=torch.tensor([1, 10, 2]), impl="triton", reduction="none")
+    z = torch.randn(3, 10, device=DEV)
+    out = soft_target_cross_entropy(z, y_a=torch.tensor([1, 10, 2], device=DEV), impl="triton", reduction="none")
     assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
 
 
 def test_fused_mode_refuses_second_backward():
-    z = torch.randn(4, 10, requires_grad=True)
-    out = triton_soft_target_cross_entropy(validate_inputs(z, y_a=torch.tensor([1, 2, 3, 4])), grad_mode="fused")
+    z = torch.randn(4, 10, device=DEV, requires_grad=True)
+    out = triton_soft_target_cross_entropy(validate_inputs(z, y_a=torch.tensor([1, 2, 3, 4], device=DEV)),
+                                           grad_mode="fused")
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         out.backward()
 
 
 def test_no_grad_forward_allocates_no_gradient():
-    p = tk.prepare(torch.randn(3, 10), torch.tensor([0, 1, 2]), None, None, 1.0, None, None, None, 1.0, False)
+    p = tk.prepare(torch.randn(3, 10, device=DEV), torch.tensor([0, 1, 2], device=DEV), None, None, 1.0, None, None,
+                   None, 1.0, False)
     loss, lse, mass, grad = tk.forward(p)
     assert grad is None
     torch.testing.assert_close(lse, torch.logsumexp(p.logits, 1))
-    torch.testing.assert_close(mass, torch.ones(3))
+    torch.testing.assert_close(mass, torch.ones(3, device=DEV))
 
 
 @pytest.mark.slow

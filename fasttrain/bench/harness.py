@@ -111,11 +111,14 @@ def time_calls(fn: Callable[[], object], device: torch.device, reps: int, *, inn
 
 def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, reps: int, *, inner: int = 1,
                 warmup: int = 1, log: Callable[[str], None] | None = None,
-                warmup_s: dict[str, float] | None = None) -> dict[str, list[float]]:
+                warmup_s: dict[str, float] | None = None,
+                on_round: Callable[[dict[str, list[float]]], None] | None = None) -> dict[str, list[float]]:
     """Seconds per call of every configuration, alternating: one sample of each per round, so a
     drifting machine load (another job, thermal state) hits all of them alike and ratios hold.
     Warm-up rounds (compilation, allocator, autotuning) come first and are dropped; their total
-    seconds per configuration go into `warmup_s` when given (what compilation costs a short run)."""
+    seconds per configuration go into `warmup_s` when given (what compilation costs a short run).
+    `on_round(samples so far)` runs after the warm-up and after every round (a suite saves its
+    partial report there, so a run stopped for time keeps what it measured)."""
     for _ in range(warmup):
         for name, fn in fns.items():
             sync(device)
@@ -125,6 +128,8 @@ def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, reps
             if warmup_s is not None:
                 warmup_s[name] = warmup_s.get(name, 0.0) + time.perf_counter() - t0
     out: dict[str, list[float]] = {k: [] for k in fns}
+    if on_round:
+        on_round(out)
     for rep in range(reps):
         for name, fn in fns.items():
             sync(device)
@@ -135,6 +140,8 @@ def round_robin(fns: dict[str, Callable[[], object]], device: torch.device, reps
             out[name].append((time.perf_counter() - t0) / inner)
             if log:
                 log(f"{name} rep {rep + 1}/{reps}: {out[name][-1] * 1e3:.1f} ms")
+        if on_round:
+            on_round(out)
     return out
 
 

@@ -43,6 +43,7 @@ DESCRIPTION = "fused mix / soft-CE kernels vs reference, eager, torch.compile, t
 SPEC_BW = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12,
            "H100 NVL": 3.9e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.555e12}
 L2_FLUSH_BYTES = 256 * 2**20
+COMPILE_SKIPPED = "no torch.compile baseline for this group (--no-compile, --compile-groups or --dry-run)"
 
 
 def add_arguments(p) -> None:
@@ -53,6 +54,10 @@ def add_arguments(p) -> None:
     p.add_argument("--loss-C", default=None, help="default 10,100,1000,8142 (CPU: 10,1000)")
     p.add_argument("--dtypes", default=None, help="default float32,bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    p.add_argument("--compile-groups", default="all",
+                   help="comma-separated group names that get the torch.compile baseline (e.g. "
+                        "'mix B256 32px bfloat16,loss mix B512 C1000 bfloat16'), or 'all'; every "
+                        "group is a cold compile (~2 s each on an H100), so a short GPU window names one")
     p.add_argument("--max-source-mb", type=float, default=None,
                    help="skip mix configs whose uint8 sources exceed this (default 200 on CPU)")
 
@@ -135,6 +140,14 @@ def torchvision_mix(size: int, num_classes: int, dtype: torch.dtype):
     return run
 
 
+def mix_group(b: int, size: int, dtype: torch.dtype) -> str:
+    return f"mix B{b} {size}px {str(dtype).replace('torch.', '')}"
+
+
+def loss_group(scenario: str, B: int, C: int, dtype: torch.dtype) -> str:
+    return f"loss {scenario} B{B} C{C} {str(dtype).replace('torch.', '')}"
+
+
 def mix_rows(b: int, size: int, dtype: torch.dtype, device, timer: Timer, triton: tuple[bool, str],
              compile_: bool, peak_bw: float | None) -> list[dict]:
     from fasttrain import augment as A
@@ -149,7 +162,7 @@ def mix_rows(b: int, size: int, dtype: torch.dtype, device, timer: Timer, triton
 
     compiled = torch.compile(A.mixup_cutmix) if compile_ else None
     tv = torchvision_mix(size, 10, dtype)
-    group = f"mix B{b} {size}px {str(dtype).replace('torch.', '')}"
+    group = mix_group(b, size, dtype)
     pixels = 3 * size * size
     traffic = 2 * b * (2 * pixels + pixels * torch.finfo(dtype).bits // 8)
     impls = {"reference": mix("torch"),
@@ -160,7 +173,7 @@ def mix_rows(b: int, size: int, dtype: torch.dtype, device, timer: Timer, triton
     rows = []
     for name, fn in impls.items():
         if fn is None:
-            rows.append({"name": name, "group": group, "skipped": triton[1] if name == "fused" else "--no-compile (or --dry-run)"})
+            rows.append({"name": name, "group": group, "skipped": triton[1] if name == "fused" else COMPILE_SKIPPED})
             continue
         r = timed_row(name, fn, timer, group, batch=b, size=size,
                       geometry="per-sample crop+flip" if geos[0] is not None else "none (pre-cropped)")
@@ -219,12 +232,12 @@ def loss_rows(B: int, C: int, dtype: torch.dtype, scenario: str, device, timer: 
            "reference": lambda: soft_target_cross_entropy(z, impl="torch", **kw),
            "eager": lambda: eager_loss(z, t, w),
            "compile": (lambda: compiled(z, t, w)) if compiled else None}
-    group = f"loss {scenario} B{B} C{C} {str(dtype).replace('torch.', '')}"
+    group = loss_group(scenario, B, C, dtype)
     rows = []
     for name, fn in fns.items():
         if fn is None:
             rows.append({"name": name, "group": group,
-                         "skipped": triton[1] if name.startswith("fused") else "--no-compile (or --dry-run)"})
+                         "skipped": triton[1] if name.startswith("fused") else COMPILE_SKIPPED})
             continue
 
         def step(fn=fn):
@@ -249,9 +262,8 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
-def run(args, argv) -> dict:
-    device = H.apply_common_arguments(args)
-    gpu = device.type == "cuda"
+def sweep_plan(args, gpu: bool) -> dict:
+    """The sizes, dtypes and group names a run of these arguments measures."""
     if args.dry_run:
         batches, sizes, Bs, Cs, reps = [4], [32], [8], [10], 1
     else:
@@ -261,16 +273,40 @@ def run(args, argv) -> dict:
         Cs = _ints(args.loss_C or ("10,100,1000,8142" if gpu else "10,1000"))
         reps = args.reps or (50 if gpu else 5)
     dtypes = [getattr(torch, d) for d in (args.dtypes or ("float32,bfloat16" if gpu else "float32")).split(",")]
+    loss_dtype = torch.bfloat16 if gpu else torch.float32
+    scenarios = ["mix", "dense"] if gpu else ["mix"]
+    groups = {mix_group(b, s, d) for s in sizes for b in batches for d in dtypes} | \
+             {loss_group(sc, B, C, loss_dtype) for sc in scenarios for B in Bs for C in Cs}
+    return {"batches": batches, "sizes": sizes, "Bs": Bs, "Cs": Cs, "reps": reps, "dtypes": dtypes,
+            "loss_dtype": loss_dtype, "scenarios": scenarios, "groups": groups}
+
+
+def run(args, argv) -> dict:
+    device = H.apply_common_arguments(args)
+    gpu = device.type == "cuda"
+    plan = sweep_plan(args, gpu)
+    batches, sizes, Bs, Cs, reps = plan["batches"], plan["sizes"], plan["Bs"], plan["Cs"], plan["reps"]
+    dtypes, loss_dtype, scenarios = plan["dtypes"], plan["loss_dtype"], plan["scenarios"]
     max_mb = args.max_source_mb if args.max_source_mb is not None else (1e12 if gpu else 200.0)
     triton = triton_status(device)
     compile_ = not (args.no_compile or args.dry_run)  # compiling takes most of a dry run's minute
+    compile_groups = None if args.compile_groups == "all" else {g.strip() for g in args.compile_groups.split(",")}
+    if compile_groups and not args.dry_run and compile_groups - plan["groups"]:
+        raise SystemExit(f"--compile-groups: {sorted(compile_groups - plan['groups'])} not in this sweep's groups "
+                         f"{sorted(plan['groups'])}")
+
+    def compiles(group: str) -> bool:
+        return compile_ and (compile_groups is None or group in compile_groups)
+
     timer = Timer(device, reps, inner_cpu=1 if args.dry_run else 3)
     peak_bw = next((bw for k, bw in SPEC_BW.items() if gpu and k in torch.cuda.get_device_name(device)), None)
     config = {"mix_batches": batches, "mix_sizes": sizes, "loss_B": Bs, "loss_C": Cs,
               "dtypes": [str(d).replace("torch.", "") for d in dtypes], "reps": reps, "warmup_excluded": 3,
               "timing": ("one call per repetition between CUDA events, 256 MiB L2 flush before each" if gpu else
                          "wall clock, mean of %d calls per repetition" % timer.inner_cpu),
-              "triton": {"runs": triton[0], "why": triton[1]}, "compile": compile_, "dry_run": args.dry_run,
+              "triton": {"runs": triton[0], "why": triton[1]}, "compile": compile_,
+              "compile_groups": sorted(compile_groups) if compile_groups is not None else "all",
+              "dry_run": args.dry_run,
               "peak_bandwidth_gb_s": peak_bw / 1e9 if peak_bw else None}
     report = H.new_report("kernels", device, config, argv)
     if not triton[0]:
@@ -283,14 +319,15 @@ def run(args, argv) -> dict:
                     report["results"].append({"name": "mix", "group": f"mix B{b} {size}px",
                                               "skipped": f"sources {src_mb:.0f} MB > --max-source-mb {max_mb:.0f}"})
                     continue
-                report["results"] += mix_rows(b, size, dtype, device, timer, triton, compile_, peak_bw)
+                report["results"] += mix_rows(b, size, dtype, device, timer, triton,
+                                              compiles(mix_group(b, size, dtype)), peak_bw)
                 H.save_partial(report, args.out_dir, device, args.tag)
                 H.log_line(f"mix B{b} {size}px done")
-    loss_dtype = torch.bfloat16 if gpu else torch.float32
-    for scenario in (["mix", "dense"] if gpu else ["mix"]):
+    for scenario in scenarios:
         for B in Bs:
             for C in Cs:
-                report["results"] += loss_rows(B, C, loss_dtype, scenario, device, timer, triton, compile_)
+                report["results"] += loss_rows(B, C, loss_dtype, scenario, device, timer, triton,
+                                               compiles(loss_group(scenario, B, C, loss_dtype)))
                 H.save_partial(report, args.out_dir, device, args.tag)
                 H.log_line(f"loss {scenario} B{B} C{C} done")
     report["targets"] = kernel_targets(report["results"])

@@ -92,13 +92,22 @@ def run(args, argv) -> dict:
         "data_only": lambda: run_.augmenter.views(next(batches)),
     }
     warm: dict[str, float] = {}
-    times = H.round_robin(fns, device, reps, inner=steps, warmup=warmup, log=H.log_line, warmup_s=warm)
     config = {"config": args.config, "overrides": overrides, **setup_summary(run_), "compile_mode": args.compile_mode,
               "steps_per_sample": steps, "warmup_excluded": warmup, "reps": reps, "dry_run": args.dry_run}
     report = H.new_report("step", device, config, argv)
-    for name, secs in times.items():
-        report["results"].append(H.rate_row(name, secs, rows, unit="samples/s", group="train_step",
-                                            warmup_s=warm.get(name)))
+    H.save_partial(report, args.out_dir, device, args.tag)  # built: a run stopped in the warm-up says so
+
+    def rows_of(samples: dict[str, list[float]]) -> list[dict]:
+        return [H.rate_row(name, secs, rows, unit="samples/s", group="train_step", warmup_s=warm.get(name))
+                for name, secs in samples.items() if secs]
+
+    def save_round(samples: dict[str, list[float]]) -> None:
+        H.save_partial({**report, "results": rows_of(samples), "warmup_s": dict(warm)}, args.out_dir, device,
+                       args.tag)
+
+    times = H.round_robin(fns, device, reps, inner=steps, warmup=warmup, log=H.log_line, warmup_s=warm,
+                          on_round=save_round)
+    report["results"] = rows_of(times)
     by = {r["name"]: r for r in report["results"]}
     report["loader_efficiency"] = by["loader"]["median"] / by["ceiling"]["median"]
     report["notes"].append("loader_efficiency = loader samples/s / ceiling samples/s (same model, same step)")

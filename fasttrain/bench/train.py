@@ -64,6 +64,10 @@ def run(args, argv) -> dict:
     t0 = time.perf_counter()
     trainer = Trainer(cfg, f"{root}/slice", overwrite=True)
     build_s = time.perf_counter() - t0
+    # Built: a slice stopped for time leaves this (the build cost, e.g. a torch.compile that worked).
+    H.save_partial({**H.new_report("train", device, {"config": args.config, "overrides": overrides,
+                                                      "dry_run": args.dry_run}, argv), "build_s": build_s},
+                   args.out_dir, device, args.tag)
     full_steps = len(trainer.loader)
     rows_per_step = cfg.loader.batch_size * len(trainer.method.streams())
     result = trainer.fit()

@@ -49,6 +49,9 @@ setup(
         # FFCV builds a C extension: needs pkg-config, libopencv-dev and libturbojpeg0-dev (apt)
         # (tested: numba 0.68.1, whose type table the ffcv backend works around, see loaders/ffcv_pipeline.py)
         "ffcv": ["ffcv==1.0.2", "numba==0.68.1"],
+        # the documentation site: mkdocs build --strict -f fasttrain/mkdocs.yml (sources in fasttrain/docs/,
+        # which are not installed: no package_data pattern matches them)
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"],
     },
     entry_points={"console_scripts": ["fasttrain = fasttrain.cli:main"]},
 )

@@ -130,9 +130,9 @@ def _cmd_config(args) -> int:
     from fasttrain.keys import format_text, key_reference, method_markdown
 
     section = args.rest[0] if args.rest else None
-    if args.markdown:  # the README's "Method keys" table, regenerated
+    if args.markdown:  # the method-key table of the site's config-key page (python -m fasttrain.docgen generate)
         if section != "method":
-            raise ConfigError("config keys --markdown: only for `config keys method` (README's \"Method keys\")")
+            raise ConfigError("config keys --markdown: only for `config keys method` (the method-key table)")
         print(method_markdown())
         return 0
     print("\n".join(format_text(key_reference(section))))
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark suites: loaders, kernels, step, train, official, gpu "
                                      "(see `fasttrain bench --help`)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.bench.main
-    rs = sub.add_parser("results", help="the README's results tables and figures from the results record; "
+    rs = sub.add_parser("results", help="the results tables (README, the site's results page) and figures from the results record; "
                                         "`results record RUN_DIR` adds a finished run (see `fasttrain results --help`)",
                         add_help=False)
     rs.add_argument("rest", nargs=argparse.REMAINDER)  # handled by fasttrain.results.cli.main
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=["show", "keys"])
     k.add_argument("rest", nargs="*", help="show: CONFIG [section.key=value ...]; keys: [SECTION], a section "
                                            "(run, data, ..., method) or one method's keys (method.glmc)")
-    k.add_argument("--markdown", action="store_true", help="keys method: the README's \"Method keys\" table")
+    k.add_argument("--markdown", action="store_true", help="keys method: the method keys as a Markdown table")
     k.set_defaults(func=_cmd_config)
     i = sub.add_parser("info", help="versions, devices and usable optional backends/kernels")
     i.set_defaults(func=_cmd_info)

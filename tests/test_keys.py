@@ -1,5 +1,6 @@
-"""The generated key reference (`fasttrain config keys`) and the README's config and method-key
-tables agree; every method's own keys are listed with their allowed values."""
+"""The generated key reference (`fasttrain config keys`) and the documentation site's config-key page
+(fasttrain/docs/reference/config-keys.md, written by `python -m fasttrain.docgen generate`) agree; every
+method's own keys are listed with their allowed values."""
 from __future__ import annotations
 
 import re
@@ -16,30 +17,19 @@ from fasttrain.methods import METHODS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def readme_keys() -> set[str]:
-    """Keys named in the first column of README's "Config reference" table (a row may list several:
-    `optim.lr`, `momentum` — the later ones share the first one's section)."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("## Config reference", 1)[1].split("\n## ", 1)[0]
-    keys = set()
-    for line in table.splitlines():
-        if not line.startswith("| `"):
-            continue
-        section = ""
-        for name in re.findall(r"`([\w.]+)`", line.split("|")[1]):
-            if "." in name:
-                section, _, leaf = name.rpartition(".")
-                keys.add(name)
-            else:
-                keys.add(f"{section}.{name}" if section else name)
-    return keys
+PAGE = ROOT / "fasttrain" / "docs" / "reference" / "config-keys.md"
+
+
+def page_keys() -> set[str]:
+    """Keys named in the first column of the config-key page's tables."""
+    return {m.group(1) for m in re.finditer(r"^\| `([\w.]+)` \|", PAGE.read_text(), re.M)}
 
 
 def test_every_key_is_documented_and_every_documented_key_exists():
     generated = {row["key"] for row in key_reference()}
-    documented = readme_keys()  # method keys included: README's "Method keys" table
-    assert sorted(generated - documented) == [], "keys missing from README's config reference"
-    assert sorted(documented - generated) == [], "README documents keys that do not exist"
+    documented = page_keys()  # method keys included: the page's `method` table
+    assert sorted(generated - documented) == [], "keys missing from the config-key page: run `python -m fasttrain.docgen generate`"
+    assert sorted(documented - generated) == [], "the config-key page documents keys that do not exist"
 
 
 def test_every_key_has_a_meaning_and_the_command_prints_them():
@@ -67,13 +57,16 @@ def test_config_keys_method_lists_every_methods_own_keys_with_their_values(capsy
     assert "unknown method 'glmx'; did you mean 'glmc'?" in capsys.readouterr().err
 
 
-def test_readme_method_keys_table_is_the_generated_one():
-    """README's "Method keys" table is `fasttrain config keys method --markdown` exactly."""
-    lines = (ROOT / "README.md").read_text().split("### Method keys", 1)[1].splitlines()
-    start = lines.index("| key | methods | type | default | meaning |")
-    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
-    assert "\n".join(lines[start:end]) == method_markdown(), \
-        "README's Method keys table is stale: regenerate it with `fasttrain config keys method --markdown`"
+def test_the_config_key_page_is_the_generated_one():
+    """The page is `python -m fasttrain.docgen generate`'s output; its method table has one row per row of
+    `fasttrain config keys method --markdown`."""
+    from fasttrain.docgen import config_keys_page
+
+    text = PAGE.read_text()
+    assert text == config_keys_page(), "the config-key page is stale: regenerate it with `python -m fasttrain.docgen generate`"
+    method_rows = [line for line in method_markdown().splitlines() if line.startswith("| `")]
+    table = text.split("## `method`", 1)[1]
+    assert len([line for line in table.splitlines() if line.startswith("| `")]) == len(method_rows)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -4,6 +4,7 @@ broken records, and the README's tables equal to the command's output."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fasttrain.config import load_config
-from fasttrain.results.cli import check_readme, readme_blocks, replace_blocks
+from fasttrain.results.cli import check_files, readme_blocks, replace_blocks
 from fasttrain.results.collect import load_records, load_spec
 from fasttrain.results.record import ResultsError, record_run, wall_seconds
 from fasttrain.results.tables import blocks
@@ -102,7 +103,7 @@ def test_the_tables_read_the_last_epoch_the_best_epoch_and_the_published_number(
     assert [(r.name, r.seed) for r in records] == [("tiny_bs", 3), ("tiny_ce", 0)]
     summary = json.loads((two_runs[0] / "summary.json").read_text())
     out = blocks(load_spec(acc), records)
-    assert set(out) == {"comparison", "synthetic"}
+    assert set(out) == {"measured", "comparison", "synthetic"}
     ce_row = next(line for line in out["synthetic"].splitlines() if line.startswith("| CE "))
     cells = [c.strip() for c in ce_row.split("|")[1:-1]]
     assert cells[2] == f"**{summary['final']['top1']:.2f}**"
@@ -113,6 +114,10 @@ def test_the_tables_read_the_last_epoch_the_best_epoch_and_the_published_number(
     comparison = out["comparison"].splitlines()
     assert comparison[2] == f"| CE | `configs/ce/` | {summary['final']['top1']:.2f} | not yet measured |"
     assert comparison[3].endswith("| not yet measured (later) |")
+    measured = out["measured"].splitlines()  # the short table: one row per recorded run, its record named
+    assert measured[2] == (f"| CE | Synthetic | **{summary['final']['top1']:.2f}** | {summary['best']['top1']:.2f} "
+                           "| 50.00 | `synthetic/tiny_ce/` |")
+    assert measured[3].startswith("| Balanced Softmax | Synthetic |") and measured[3].endswith("| – | `synthetic/tiny_bs/` |")
 
 
 def test_seeds_are_averaged_with_their_spread(two_runs, tmp_path):
@@ -134,7 +139,8 @@ def test_the_command_writes_the_figure_and_rewrites_and_checks_readme_blocks(two
     acc = _record_dir(two_runs, tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- results:comparison -->\nold\n<!-- /results:comparison -->\ntext\n"
-                      "<!-- results:synthetic -->\n<!-- /results:synthetic -->\n")
+                      "<!-- results:synthetic -->\n<!-- /results:synthetic -->\n"
+                      "<!-- results:measured -->\n<!-- /results:measured -->\n")
     cli = [sys.executable, "-m", "fasttrain.cli", "results", str(acc), "--readme", str(readme)]
     assert subprocess.run([*cli, "--check"], capture_output=True).returncode == 1
     proc = subprocess.run([*cli, "--write"], capture_output=True, text=True)
@@ -143,7 +149,33 @@ def test_the_command_writes_the_figure_and_rewrites_and_checks_readme_blocks(two
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = readme.read_text()
     assert text.startswith("# x\n") and "\ntext\n" in text and "old" not in text
-    assert readme_blocks(text) == blocks(load_spec(acc), load_records(acc))
+    assert readme_blocks(text) == blocks(load_spec(acc), load_records(acc), os.path.relpath(acc, tmp_path))
+    assert subprocess.run([*cli, "--check"], capture_output=True).returncode == 0
+
+
+def test_the_readme_and_the_docs_page_share_the_blocks_and_only_the_readme_links_records(two_runs, tmp_path):
+    """`--readme` and `--docs`: each file gets the blocks it has markers for; every generated block
+    needs a place in one of them; the README's `measured` table links each record folder, the site's
+    page names it (a site page cannot link outside the site)."""
+    acc = _record_dir(two_runs, tmp_path)
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    readme.write_text("# x\n<!-- results:measured -->\n<!-- /results:measured -->\n")
+    page.write_text("# r\n<!-- results:measured -->\n<!-- /results:measured -->\n")
+    cli = [sys.executable, "-m", "fasttrain.cli", "results", str(acc), "--readme", str(readme), "--docs", str(page)]
+    proc = subprocess.run([*cli, "--write"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no place for the generated block(s) comparison, synthetic" in proc.stderr
+    assert "old" not in readme.read_text() and readme.read_text().count("|") == 0  # nothing written
+    page.write_text(page.read_text() + "<!-- results:comparison -->\nold\n<!-- /results:comparison -->\n"
+                    "<!-- results:synthetic -->\n<!-- /results:synthetic -->\n")
+    assert check_files(acc, readme, page) != []
+    proc = subprocess.run([*cli, "--write"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert check_files(acc, readme, page) == []
+    mine = readme_blocks(readme.read_text())
+    assert set(mine) == {"measured"} and f"[synthetic/tiny_ce/]({os.path.relpath(acc, tmp_path)}/synthetic/tiny_ce/)" in mine["measured"]
+    theirs = readme_blocks(page.read_text())
+    assert set(theirs) == {"measured", "comparison", "synthetic"} and "| `synthetic/tiny_ce/` |" in theirs["measured"]
     assert subprocess.run([*cli, "--check"], capture_output=True).returncode == 0
 
 
@@ -167,5 +199,7 @@ def test_wall_time_adds_the_segments_of_a_resumed_run():
     assert wall_seconds(rows) == 32
 
 
-def test_readme_tables_equal_the_results_command_output():
-    assert check_readme(ROOT / "benchmarks" / "accuracy", ROOT / "README.md") == []
+def test_readme_and_docs_tables_equal_the_results_command_output():
+    """README's short table and the site's results page are what `fasttrain results benchmarks/accuracy
+    --readme README.md --docs fasttrain/docs/results.md --write` writes."""
+    assert check_files(ROOT / "benchmarks" / "accuracy", ROOT / "README.md", ROOT / "fasttrain" / "docs" / "results.md") == []

@@ -2,8 +2,8 @@
 
 - `record.py`: a finished run directory -> a record folder (small text files + record.json), never a checkpoint;
 - `collect.py`: reading records and `table.yaml` (rows, columns, published numbers with sources);
-- `tables.py`: the README's tables (markdown) built from them;
+- `tables.py`: the tables (markdown) of the README and of the site's results page, built from them;
 - `figure.py`: the per-dataset figure (top-1 per epoch, many / medium / few bars);
-- `cli.py`: `fasttrain results [DIR] [--readme README.md --write|--check]` and
+- `cli.py`: `fasttrain results [DIR] [--readme README.md] [--docs PAGE] --write|--check` and
   `fasttrain results record RUN_DIR [--into DIR]`.
 """

@@ -1,13 +1,17 @@
-"""`fasttrain results [DIR]`: the README's results tables and figures from the record in DIR
-(default `benchmarks/accuracy`); `fasttrain results record RUN_DIR`: add a finished run to it.
+"""`fasttrain results [DIR]`: the results tables and figures from the record in DIR (default
+`benchmarks/accuracy`); `fasttrain results record RUN_DIR`: add a finished run to it.
 
-The README holds each generated table between `<!-- results:NAME -->` and `<!-- /results:NAME -->`
-(NAME: `comparison`, or a dataset tag such as `cifar10_lt_r100`); `--write` replaces those blocks,
-`--check` fails when they differ from what the record gives (the test suite runs it).
+The README and the documentation site's results page hold each generated table between
+`<!-- results:NAME -->` and `<!-- /results:NAME -->` (NAME: `measured`, the short table of every
+recorded run; `comparison`; or a dataset tag such as `cifar10_lt_r100`). Each file gets the blocks
+whose markers it holds, and every generated block must have a place in one of them. `--write`
+replaces the blocks, `--check` fails when they differ from what the record gives (the test suite
+runs it). The README's `measured` table links each record; the site's names its folder.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -35,55 +39,112 @@ def replace_blocks(text: str, new: dict[str, str], readme: Path) -> str:
                                 f"<!-- /results:{m['name']} -->", text)
 
 
-def build(root: Path) -> dict[str, str]:
-    """The generated blocks of the record in `root`."""
-    return blocks(load_spec(root), load_records(root))
+def build(root: Path, link_base: str | None = None) -> dict[str, str]:
+    """The generated blocks of the record in `root` (record links relative to `link_base`, see
+    `tables.measured_table`)."""
+    return blocks(load_spec(root), load_records(root), link_base)
+
+
+def targets(root: Path, readme: Path | None = None, docs: Path | None = None) -> list[tuple[Path, str | None]]:
+    """The files to fill and the link base of each: the README links the record folders (relative to
+    its own directory), a documentation page names them."""
+    out = []
+    if readme is not None:
+        out.append((Path(readme), os.path.relpath(Path(root).resolve(), Path(readme).resolve().parent)))
+    if docs is not None:
+        out.append((Path(docs), None))
+    return out
+
+
+def check_files(root: Path, readme: Path | None = None, docs: Path | None = None) -> list[str]:
+    """`FILE: NAME` for every block of the files that differs from the record's tables, and `NAME`
+    for a generated block that has a place in none of them (empty: in step)."""
+    stale, placed = [], set()
+    for path, link_base in targets(root, readme, docs):
+        have, want = readme_blocks(path.read_text()), build(root, link_base)
+        placed |= set(have)
+        stale += [f"{path}: {name}" for name in sorted(have) if have[name] != want.get(name)]
+    return stale + sorted(set(build(root)) - placed)
 
 
 def check_readme(root: Path, readme: Path) -> list[str]:
-    """The names of the README blocks that differ from the record's tables (empty: in step)."""
-    have, want = readme_blocks(Path(readme).read_text()), build(root)
-    return sorted(name for name in set(have) | set(want) if have.get(name) != want.get(name))
+    """`check_files` of the README alone (every generated block must be in it)."""
+    return check_files(root, readme=readme)
 
 
-def _record(argv: list[str]) -> int:
+def write_files(root: Path, readme: Path | None = None, docs: Path | None = None) -> list[str]:
+    """Replace the blocks of the files with the record's tables; a generated block with no place in
+    any of them is an error naming the markers to add (no file is written then)."""
+    files = targets(root, readme, docs)
+    texts = {path: path.read_text() for path, _ in files}
+    placed = set().union(*(readme_blocks(text) for text in texts.values()))
+    homeless = sorted(set(build(root)) - placed)
+    if homeless:
+        names = ", ".join(str(path) for path, _ in files)
+        raise ResultsError(f"{names}: no place for the generated block(s) {', '.join(homeless)}; add "
+                           + " and ".join(f"'<!-- results:{n} -->' + '<!-- /results:{n} -->'" for n in homeless))
+    done = []
+    for path, link_base in files:
+        want = build(root, link_base)
+        mine = {name: want[name] for name in readme_blocks(texts[path]) if name in want}
+        path.write_text(replace_blocks(texts[path], mine, path))
+        done.append(f"{path}: {', '.join(mine) or 'no blocks'}")
+    return done
+
+
+def record_parser() -> argparse.ArgumentParser:
+    """`fasttrain results record`'s arguments (also read by the CLI reference page)."""
     p = argparse.ArgumentParser(prog="fasttrain results record",
                                 description="copy a finished run's small files into the results record")
     p.add_argument("run_dir", help="a finished run (or stage) directory: config.yaml, summary.json, ... ")
     p.add_argument("--into", type=Path, default=DEFAULT_DIR, help=f"the results directory (default {DEFAULT_DIR})")
     p.add_argument("--note", default="", help="what differs from the shipped config, e.g. the loader backend")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record of this run and seed")
-    args = p.parse_args(argv)
+    return p
+
+
+def _record(argv: list[str]) -> int:
+    args = record_parser().parse_args(argv)
     print(record_run(Path(args.run_dir), args.into, note=args.note, overwrite=args.overwrite))
     return 0
 
 
-def _tables(argv: list[str]) -> int:
+def tables_parser() -> argparse.ArgumentParser:
+    """`fasttrain results`'s arguments (also read by the CLI reference page)."""
     p = argparse.ArgumentParser(prog="fasttrain results", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", nargs="?", type=Path, default=DEFAULT_DIR, help=f"results directory (default {DEFAULT_DIR})")
-    p.add_argument("--readme", type=Path, help="the README whose generated blocks to --write or --check")
+    p.add_argument("--readme", type=Path, help="the README whose generated blocks to --write or --check "
+                                               "(its `measured` table links the records)")
+    p.add_argument("--docs", type=Path, help="a documentation page whose generated blocks to --write or --check "
+                                             "(fasttrain/docs/results.md)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="replace the README's blocks with the record's tables")
-    mode.add_argument("--check", action="store_true", help="exit 1 when the README's blocks differ (no figure written)")
+    mode.add_argument("--write", action="store_true", help="replace the files' blocks with the record's tables")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the files' blocks differ (no figure written)")
+    return p
+
+
+def _tables(argv: list[str]) -> int:
+    p = tables_parser()
     args = p.parse_args(argv)
-    if (args.write or args.check) and args.readme is None:
-        p.error("--write and --check need --readme")
+    if (args.write or args.check) and args.readme is None and args.docs is None:
+        p.error("--write and --check need --readme and/or --docs")
+    files = " ".join(f"--{k} {v}" for k, v in (("readme", args.readme), ("docs", args.docs)) if v is not None)
     if args.check:
-        stale = check_readme(args.dir, args.readme)
+        stale = check_files(args.dir, args.readme, args.docs)
         if stale:
-            print(f"{args.readme}: block(s) {', '.join(stale)} differ from the record in {args.dir}; "
-                  f"run `fasttrain results {args.dir} --readme {args.readme} --write`", file=sys.stderr)
+            print(f"block(s) {'; '.join(stale)} differ from the record in {args.dir} (or have no place); "
+                  f"run `fasttrain results {args.dir} {files} --write`", file=sys.stderr)
             return 1
-        print(f"{args.readme}: in step with {args.dir}")
+        print(f"{files}: in step with {args.dir}")
         return 0
     records = load_records(args.dir)
     generated = blocks(load_spec(args.dir), records)
     for tag in sorted({r.dataset for r in records}):
         print(f"wrote {plot_dataset(records, tag, args.dir / f'{tag}.png')}", file=sys.stderr)
     if args.write:
-        args.readme.write_text(replace_blocks(args.readme.read_text(), generated, args.readme))
-        print(f"updated {args.readme}: {', '.join(generated)}", file=sys.stderr)
+        for line in write_files(args.dir, args.readme, args.docs):
+            print(f"updated {line}", file=sys.stderr)
     for name, table in generated.items():
         print(f"<!-- results:{name} -->\n{table}\n<!-- /results:{name} -->\n")
     return 0

@@ -90,9 +90,29 @@ def comparison_table(spec: TableSpec, records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-def blocks(spec: TableSpec, records: list[Record]) -> dict[str, str]:
-    """The README's generated blocks by name: `comparison`, and one per dataset column with records."""
-    out = {"comparison": comparison_table(spec, records)}
+def measured_table(spec: TableSpec, records: list[Record], link_base: str | None = None) -> str:
+    """The short table: one row per recorded run (method, dataset, last-epoch and best-on-test top-1,
+    the published number) and where its record is. `link_base`: the record folders as links relative
+    to this directory prefix (the README's, e.g. `benchmarks/accuracy`); None: as code paths (a page
+    of the documentation site, which cannot link outside the site)."""
+    lines = ["| method | dataset | top-1, last epoch | best on test | published | record |",
+             "|---|---|---|---|---|---|"]
+    for tag in list(spec.columns) + sorted({r.dataset for r in records} - set(spec.columns)):
+        for row, name in _ordered_names(spec, records, tag):
+            runs = runs_of(records, tag, name)
+            pub = row.published.get(tag) if row else None
+            where = f"{tag}/{name}/"
+            record = f"[{where}]({link_base.rstrip('/')}/{where})" if link_base is not None else f"`{where}`"
+            lines.append(f"| {row.method if row else name} | {spec.columns.get(tag, tag)} "
+                         f"| **{_fmt([r.top1 for r in runs])}** | {_fmt([r.best_top1 for r in runs])} "
+                         f"| {f'{pub.top1:.2f}' if pub else '–'} | {record} |")
+    return "\n".join(lines)
+
+
+def blocks(spec: TableSpec, records: list[Record], link_base: str | None = None) -> dict[str, str]:
+    """The generated blocks by name: `measured` (the short table; record links relative to `link_base`),
+    `comparison`, and one per dataset column with records."""
+    out = {"measured": measured_table(spec, records, link_base), "comparison": comparison_table(spec, records)}
     for tag in spec.columns:
         if any(r.dataset == tag for r in records):
             out[tag] = dataset_table(spec, records, tag)

@@ -7,13 +7,13 @@ without rebuilding the pipeline (a DALI pipeline's seed is fixed when it is buil
 of thread counts, and identical for a run resumed mid-epoch. The crops need each image's size,
 which `image_header.image_size` reads from the file header.
 
-Semantics follow torchvision: `sample_rrc` is RandomResizedCrop.get_params exactly (10 tries
-of area ~ U(scale), log-ratio ~ U(log ratio), then the clamped centre fallback) and `eval_roi`
-is the source window of Resize(resize) -> CenterCrop(crop).
+Semantics follow torchvision: `rrc_window` is RandomResizedCrop.get_params exactly (10 tries
+of area ~ U(scale), log-ratio ~ U(log ratio), then the clamped centre fallback) — the one
+implementation, which the FFCV decoder compiles with numba — and `eval_roi` is the source window
+of Resize(resize) -> CenterCrop(crop).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,39 +28,47 @@ def step_generator(seed: int, epoch: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFF_FFFF, epoch, step, 0x0DA11])
 
 
+RRC_ATTEMPTS = 10  # torchvision's tries before the centre fallback
+
+
+def rrc_window(h, w, u, scale_lo, scale_hi, ratio_lo, ratio_hi):
+    """torchvision RandomResizedCrop.get_params given its uniform draws: the one implementation of
+    the crop law, used by the DALI backend (`sample_rrc`, in Python) and by the FFCV decoder
+    (compiled by numba: plain scalar math, no Python objects).
+
+    `u` is (tries, 4) floats in [0, 1): per try, the area, the log-ratio, the top and the left
+    draw (area ~ U(scale) · h · w, log-ratio ~ U(log ratio), position uniform over the places the
+    crop fits). The first try whose crop fits wins; if none does, the centre crop with the ratio
+    clamped into `ratio` (torchvision's fallback, deterministic). Returns (top, left, ch, cw)."""
+    area = float(h) * float(w)
+    logr_lo, logr_hi = np.log(ratio_lo), np.log(ratio_hi)
+    for t in range(u.shape[0]):
+        target = area * (scale_lo + (scale_hi - scale_lo) * u[t, 0])
+        aspect = np.exp(logr_lo + (logr_hi - logr_lo) * u[t, 1])
+        cw = int(np.rint(np.sqrt(target * aspect)))
+        ch = int(np.rint(np.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(u[t, 2] * (h - ch + 1)), int(u[t, 3] * (w - cw + 1)), ch, cw
+    in_ratio = float(w) / float(h)
+    if in_ratio < ratio_lo:
+        cw, ch = w, int(np.rint(w / ratio_lo))
+    elif in_ratio > ratio_hi:
+        ch, cw = h, int(np.rint(h * ratio_hi))
+    else:
+        ch, cw = h, w
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
 def sample_rrc(rng: np.random.Generator, heights: np.ndarray, widths: np.ndarray,
                scale: tuple[float, float], ratio: tuple[float, float],
-               attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """torchvision RandomResizedCrop.get_params, vectorised: (anchor [y, x], shape [h, w]) float32."""
-    h = heights.astype(np.float64)[:, None]
-    w = widths.astype(np.float64)[:, None]
+               attempts: int = RRC_ATTEMPTS) -> tuple[np.ndarray, np.ndarray]:
+    """One RandomResizedCrop window per image (`rrc_window`), all draws from `rng`:
+    (anchor [y, x], shape [h, w]) as float32 arrays, the DALI slice's arguments."""
     n = len(heights)
-    area = h * w
-    target = area * rng.uniform(scale[0], scale[1], (n, attempts))
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, attempts)))
-    cw = np.round(np.sqrt(target * aspect))
-    ch = np.round(np.sqrt(target / aspect))
-    ok = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
-    # All tries' positions are drawn up front (vectorised); only the first fitting try's are used.
-    u_top, u_left = rng.random((n, attempts)), rng.random((n, attempts))
-    first = ok.argmax(axis=1)
-    rows = np.arange(n)
-    ch, cw = ch[rows, first], cw[rows, first]
-    top = np.floor(u_top[rows, first] * (heights - ch + 1))
-    left = np.floor(u_left[rows, first] * (widths - cw + 1))
-    # Fallback (no try fitted): centre crop with the ratio clamped into `ratio`.
-    miss = ~ok.any(axis=1)
-    if miss.any():
-        hh, ww = heights[miss].astype(np.float64), widths[miss].astype(np.float64)
-        in_ratio = ww / hh
-        fw = np.where(in_ratio < min(ratio), ww, np.where(in_ratio > max(ratio), np.round(hh * max(ratio)), ww))
-        fh = np.where(in_ratio < min(ratio), np.round(ww / min(ratio)), hh)
-        ch[miss], cw[miss] = fh, fw
-        top[miss] = np.floor((hh - fh) / 2)  # (height - h) // 2 as torchvision
-        left[miss] = np.floor((ww - fw) / 2)
-    anchor = np.stack([top, left], 1).astype(np.float32)
-    shape = np.stack([ch, cw], 1).astype(np.float32)
-    return anchor, shape
+    u = rng.random((n, attempts, 4))
+    wins = np.array([rrc_window(int(heights[i]), int(widths[i]), u[i], scale[0], scale[1], ratio[0], ratio[1])
+                     for i in range(n)], dtype=np.float32).reshape(n, 4)
+    return wins[:, :2].copy(), wins[:, 2:].copy()
 
 
 def eval_roi(heights: np.ndarray, widths: np.ndarray, resize: int, crop: int) -> tuple[np.ndarray, np.ndarray]:

@@ -49,6 +49,8 @@ from ffcv.pipeline.state import State
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import ToDevice, ToTensor
 
+from fasttrain.loaders import crop_params
+
 IDENTITY, CENTER, RRC = 0, 1, 2  # what a view is: the stored image, the eval window, a random crop
 RESIZE_MODES = {"auto": 0, "linear": 1, "area": 2}  # loader.ffcv_resize
 _JPG = IMAGE_MODES["jpg"]
@@ -74,7 +76,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries
+_ATTEMPTS = crop_params.RRC_ATTEMPTS  # torchvision's RandomResizedCrop tries
 
 
 # ----------------------------------------------------------------------------------------------
@@ -109,28 +111,19 @@ def batch_keys(seed, batch_indices):
     return keys
 
 
+_rrc_from_draws = nb.njit(crop_params.rrc_window)  # the one RandomResizedCrop law (loaders/crop_params.py)
+
+
 @nb.njit
-def rrc_window(h, w, key, view, scale_lo, scale_hi, logr_lo, logr_hi, ratio_lo, ratio_hi):
-    """torchvision RandomResizedCrop.get_params with counter-based draws: (top, left, ch, cw)."""
-    area = np.float64(h) * np.float64(w)
+def rrc_window(h, w, key, view, scale_lo, scale_hi, ratio_lo, ratio_hi):
+    """torchvision RandomResizedCrop.get_params with counter-based draws: (top, left, ch, cw).
+    Try t of view v uses draw numbers v·64 + 4t … v·64 + 4t + 3 of `key`."""
+    u = np.empty((_ATTEMPTS, 4))
     base = view * 64  # each view has its own block of draw numbers
     for t in range(_ATTEMPTS):
-        target = area * (scale_lo + (scale_hi - scale_lo) * _uniform(key, base + 4 * t))
-        aspect = np.exp(logr_lo + (logr_hi - logr_lo) * _uniform(key, base + 4 * t + 1))
-        cw = int(np.rint(np.sqrt(target * aspect)))
-        ch = int(np.rint(np.sqrt(target / aspect)))
-        if 0 < cw <= w and 0 < ch <= h:
-            top = int(_uniform(key, base + 4 * t + 2) * (h - ch + 1))
-            left = int(_uniform(key, base + 4 * t + 3) * (w - cw + 1))
-            return top, left, ch, cw
-    in_ratio = np.float64(w) / np.float64(h)
-    if in_ratio < ratio_lo:
-        cw, ch = w, int(np.rint(w / ratio_lo))
-    elif in_ratio > ratio_hi:
-        ch, cw = h, int(np.rint(h * ratio_hi))
-    else:
-        ch, cw = h, w
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
+        for j in range(4):
+            u[t, j] = _uniform(key, base + 4 * t + j)
+    return _rrc_from_draws(h, w, u, scale_lo, scale_hi, ratio_lo, ratio_hi)
 
 
 @nb.njit
@@ -278,9 +271,8 @@ def _decode_rows(buf, offsets, sizes, modes, heights, widths, keys, out, ints, f
                 _center_view(img, h, w, eval_resize, out_h, dst, mode)
             else:
                 # per view: scale range, ratio range (floats[4v:4v+4]) and flip (ints[7+v])
-                ratio_lo, ratio_hi = floats[4 * v + 2], floats[4 * v + 3]
-                top, left, ch, cw = rrc_window(h, w, keys[k], v, floats[4 * v], floats[4 * v + 1], np.log(ratio_lo),
-                                               np.log(ratio_hi), ratio_lo, ratio_hi)
+                top, left, ch, cw = rrc_window(h, w, keys[k], v, floats[4 * v], floats[4 * v + 1], floats[4 * v + 2],
+                                               floats[4 * v + 3])
                 flip = ints[7 + v] != 0 and _uniform(keys[k], v * 64 + 63) < 0.5
                 _resample(img, h, w, top, left, ch, cw, dst, out_h, out_w, mode, flip)
         out[num_views * n * vsize + k] = status

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -229,22 +228,18 @@ def test_training_image_statistics_are_close_to_the_torch_backend(corpus):
         assert torch.all((a.mean(0) - b.mean(0)).abs() < 4 * se), (a.mean(0), b.mean(0), se)
 
 
-def test_random_crop_windows_follow_torchvision_s_law():
-    from torchvision.transforms import v2
+def test_random_crop_windows_are_the_shared_law_with_counter_based_draws():
+    """The decoder's windows are crop_params.rrc_window (the one implementation, tested against
+    torchvision in test_image_params.py) fed with draws v·64 + 4t + j of the row's key."""
+    from fasttrain.loaders import crop_params
+    from fasttrain.loaders.ffcv_pipeline import _uniform, rrc_window
 
-    from fasttrain.loaders.ffcv_pipeline import rrc_window
-
-    h, w, n = 240, 320, 4000
-    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
-    ours = np.array([rrc_window(h, w, np.uint64(k * 7919 + 1), 0, *scale, math.log(ratio[0]), math.log(ratio[1]),
-                                *ratio) for k in range(n)], dtype=np.float64)
-    torch.manual_seed(0)
-    img = torch.zeros(3, h, w)
-    ref = np.array([v2.RandomResizedCrop.get_params(img, list(scale), list(ratio)) for _ in range(n)], np.float64)
-    for col in range(4):  # top, left, height, width
-        se = math.sqrt(ours[:, col].var() / n + ref[:, col].var() / n)
-        assert abs(ours[:, col].mean() - ref[:, col].mean()) < 4 * se, col
-    assert (ours[:, 0] + ours[:, 2] <= h).all() and (ours[:, 1] + ours[:, 3] <= w).all()
+    for k, (h, w) in enumerate([(240, 320), (100, 1000), (999, 101), (32, 32)]):
+        key, view = np.uint64(k * 7919 + 1), k % 2
+        u = np.array([[_uniform(key, view * 64 + 4 * t + j) for j in range(4)]
+                      for t in range(crop_params.RRC_ATTEMPTS)])
+        want = crop_params.rrc_window(h, w, u, 0.08, 1.0, 3 / 4, 4 / 3)
+        assert tuple(rrc_window(h, w, key, view, 0.08, 1.0, 3 / 4, 4 / 3)) == want
 
 
 def test_quasi_random_keeps_each_stream_s_samples_and_resumes(corpus):

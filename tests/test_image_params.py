@@ -7,7 +7,8 @@ import torch
 from helpers import smooth_jpeg
 
 from fasttrain.config import AugmentConfig
-from fasttrain.loaders.crop_params import NO_BLUR_SIGMA, ViewDraw, eval_roi, sample_rrc, step_generator
+from fasttrain.loaders.crop_params import (NO_BLUR_SIGMA, RRC_ATTEMPTS, ViewDraw, eval_roi, rrc_window, sample_rrc,
+                                           step_generator)
 from fasttrain.loaders.image_header import CorruptImage, image_size
 
 
@@ -76,6 +77,38 @@ def test_rrc_fallback_equals_torchvision(h, w, scale, ratio):
     top, left, ch, cw = RandomResizedCrop.get_params(torch.empty(3, h, w), list(scale), list(ratio))
     anchor, shape = sample_rrc(np.random.default_rng(1), np.array([h]), np.array([w]), scale, ratio)
     assert anchor.tolist() == [[top, left]] and shape.tolist() == [[ch, cw]]
+
+
+def test_rrc_window_follows_torchvision_s_law():
+    """The one RandomResizedCrop implementation (DALI's host draws, FFCV's compiled decoder) against
+    torchvision's get_params: the same law (means of top, left, height, width within 4 standard
+    errors over 4,000 draws each) and every window inside the image."""
+    from torchvision.transforms import v2
+
+    h, w, n = 240, 320, 4000
+    scale, ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+    u = np.random.default_rng(0).random((n, RRC_ATTEMPTS, 4))
+    ours = np.array([rrc_window(h, w, u[i], *scale, *ratio) for i in range(n)], dtype=np.float64)
+    torch.manual_seed(0)
+    ref = np.array([v2.RandomResizedCrop.get_params(torch.zeros(3, h, w), list(scale), list(ratio))
+                    for _ in range(n)], np.float64)
+    for col in range(4):  # top, left, height, width
+        se = np.sqrt(ours[:, col].var() / n + ref[:, col].var() / n)
+        assert abs(ours[:, col].mean() - ref[:, col].mean()) < 4 * se, col
+    assert (ours[:, 0] + ours[:, 2] <= h).all() and (ours[:, 1] + ours[:, 3] <= w).all()
+
+
+def test_rrc_window_compiles_with_numba_to_the_same_windows():
+    """The FFCV decoder runs rrc_window compiled by numba: same windows as the Python function."""
+    nb = pytest.importorskip("numba")
+    compiled = nb.njit(rrc_window)
+    rng = np.random.default_rng(3)
+    for h, w in [(240, 320), (100, 1000), (999, 101), (7, 5)]:
+        for _ in range(50):
+            u = rng.random((RRC_ATTEMPTS, 4))
+            assert tuple(compiled(h, w, u, 0.08, 1.0, 3 / 4, 4 / 3)) == rrc_window(h, w, u, 0.08, 1.0, 3 / 4, 4 / 3)
+    u = np.zeros((RRC_ATTEMPTS, 4))  # fallback path: no try of area 1.5-2x fits
+    assert tuple(compiled(120, 130, u, 1.5, 2.0, 3 / 4, 4 / 3)) == rrc_window(120, 130, u, 1.5, 2.0, 3 / 4, 4 / 3)
 
 
 # --- eval ROI -----------------------------------------------------------------------------------

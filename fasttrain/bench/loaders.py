@@ -261,16 +261,13 @@ def resample_rows(size: tuple[int, int], crop: int, reps: int, windows: int = 20
     """ms per view of the ffcv backend's resampler alone (one thread, no decode): `windows`
     RandomResizedCrop windows (scale 0.08-1, ratio 3/4-4/3) of one corpus-sized image -> crop²,
     per `loader.ffcv_resize` mode, and bilinear with the flip (folded into its column table)."""
-    import math
-
     import numpy as np
 
     from fasttrain.loaders import ffcv_pipeline as fp
 
     w, h = size
     img = np.random.default_rng(0).integers(0, 256, h * w * 3, dtype=np.uint8)
-    wins = [fp.rrc_window(h, w, np.uint64(k * 7919 + 1), 0, 0.08, 1.0, math.log(3 / 4), math.log(4 / 3), 3 / 4, 4 / 3)
-            for k in range(windows)]
+    wins = [fp.rrc_window(h, w, np.uint64(k * 7919 + 1), 0, 0.08, 1.0, 3 / 4, 4 / 3) for k in range(windows)]
     dst = np.empty(crop * crop * 3, np.uint8)
 
     def views(mode: int, flip: bool):

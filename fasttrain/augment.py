@@ -17,6 +17,13 @@ GLMC semantics (METHODS.md §2.3–2.4) are the default:
 
 `impl` (config key `augment.mix_impl`): "auto" runs the fused Triton kernel (kernels/mix) on
 CUDA tensors and the pure-torch reference elsewhere; "triton" / "torch" force one.
+
+RandomErasing (`augment.random_erasing*`, timm's definition) is applied here, once for every loader
+backend: to each training image the augmenter returns (after normalisation, and after the mix for
+mixing methods), per sample, vectorised over the batch. A batch is a training batch when the step
+has marked it (`Batch.step_key`, set by `fasttrain.step.train_step`); evaluation batches carry no key
+and are never erased. The draws come from a generator on the batch's device keyed by (seed, rank,
+epoch, step, view), so a resumed run erases exactly what the uninterrupted run would have.
 """
 from __future__ import annotations
 
@@ -94,6 +101,75 @@ def sample_mix(height: int, width: int, *, beta: float = 1.0, area_correct: bool
     return MixSpec(lam=lam, box=box, lam_cut=lam_cut)
 
 
+# --- RandomErasing -----------------------------------------------------------------------------
+
+ERASING_MODES = ("const", "rand", "pixel")  # fill: zeros | normal per channel | normal per pixel
+ERASING_ATTEMPTS = 10  # timm's: box draws per image until one fits inside it
+ERASING_SALT = 0xE7A5E  # this module's stream of erasing draws
+
+
+def random_erase(x: torch.Tensor, p: float, generator: torch.Generator | None, *, mode: str = "const",
+                 scale: Sequence[float] = (0.02, 0.33), ratio: Sequence[float] = (0.3, 3.3)) -> torch.Tensor:
+    """RandomErasing of a normalised batch (B, C, H, W), one box per sample, as timm defines it.
+
+    Each sample is erased with probability `p`: up to 10 attempts draw an area fraction
+    U(scale) and an aspect ratio h/w = exp(U(log ratio)); h = round(sqrt(A·r)), w = round(sqrt(A/r));
+    the first attempt with h < H and w < W is used (none: the sample is kept), its top-left corner
+    uniform over [0, H−h] × [0, W−w]. The box is filled with zeros (`const`), one N(0, 1) value per
+    channel (`rand`) or N(0, 1) per pixel (`pixel`). Returns a new tensor (the input is not written);
+    every draw comes from `generator`, on x's device, in one pass for the whole batch."""
+    if mode not in ERASING_MODES:
+        raise ValueError(f"augment.random_erasing_mode: expected one of {list(ERASING_MODES)}, got {mode!r}")
+    b, c, height, width = x.shape
+    dev, n = x.device, ERASING_ATTEMPTS
+    u = torch.rand(b, 2 * n + 3, generator=generator, device=dev, dtype=torch.float64)
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, :n]) * (height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, n: 2 * n])
+    h = torch.round(torch.sqrt(area * aspect)).long()
+    w = torch.round(torch.sqrt(area / aspect)).long()
+    fits = (h < height) & (w < width)
+    first = fits.long().argmax(dim=1, keepdim=True)  # the first attempt that fits (0 when none does)
+    h, w = h.gather(1, first), w.gather(1, first)  # (B, 1)
+    erase = (u[:, 2 * n: 2 * n + 1] < p) & fits.any(dim=1, keepdim=True)
+    top = torch.floor(u[:, 2 * n + 1: 2 * n + 2] * (height - h + 1)).long().clamp_max(height - h)
+    left = torch.floor(u[:, 2 * n + 2:] * (width - w + 1)).long().clamp_max(width - w)
+    ys = torch.arange(height, device=dev).view(1, height, 1)
+    xs = torch.arange(width, device=dev).view(1, 1, width)
+    box = ((ys >= top.view(b, 1, 1)) & (ys < (top + h).view(b, 1, 1)) & (xs >= left.view(b, 1, 1))
+           & (xs < (left + w).view(b, 1, 1)) & erase.view(b, 1, 1)).unsqueeze(1)  # (B, 1, H, W)
+    if mode == "const":
+        fill = torch.zeros((), dtype=x.dtype, device=dev)
+    else:
+        shape = (b, c, 1, 1) if mode == "rand" else (b, c, height, width)
+        fill = torch.randn(shape, generator=generator, device=dev, dtype=torch.float32).to(x.dtype)
+    return torch.where(box, fill, x)
+
+
+@dataclass(frozen=True)
+class RandomErasing:
+    """`augment.random_erasing*` of a run: probability, fill mode, area and aspect ranges, and the
+    (seed, rank) that key its per-step generators."""
+
+    p: float
+    mode: str = "const"
+    scale: tuple[float, float] = (0.02, 0.33)
+    ratio: tuple[float, float] = (0.3, 3.3)
+    seed: int = 0
+    rank: int = 0
+
+    def generator(self, step_key: tuple[int, int], view: int, device: torch.device) -> torch.Generator:
+        """The generator of one view of one training step: a pure function of (seed, rank, epoch,
+        step, view), so nothing needs checkpointing for an exact resume."""
+        g = torch.Generator(device=device)
+        g.manual_seed(hash((self.seed, self.rank, *step_key, view, ERASING_SALT)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return g
+
+    def __call__(self, x: torch.Tensor, step_key: tuple[int, int], view: int) -> torch.Tensor:
+        return random_erase(x, self.p, self.generator(step_key, view, x.device), mode=self.mode,
+                            scale=self.scale, ratio=self.ratio)
+
+
 def _check_impl(impl: str) -> None:
     if impl not in IMPLS:
         raise ValueError(f"augment.mix_impl: expected one of {list(IMPLS)}, got {impl!r}")
@@ -152,22 +228,31 @@ class Augmenter:
     dtype: torch.dtype = torch.float32
     impl: str = "auto"
     channels_last: bool = True
+    erasing: RandomErasing | None = None  # augment.random_erasing > 0: erase training images (Batch.step_key)
 
     def __post_init__(self) -> None:
         _check_impl(self.impl)
+
+    def _erase(self, batch: Batch, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """RandomErasing of a training batch's images (view i with its own draws); others as they are."""
+        key = batch.step_key
+        if self.erasing is None or key is None:
+            return images
+        return [self.erasing(x, key, i) for i, x in enumerate(images)]
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)  # free when x already has the format
 
     def views(self, batch: Batch) -> list[torch.Tensor]:
-        """Every view with its pending geometry applied, normalised: (B, 3, H, W) in the model's
-        memory format (channels_last unless `channels_last=False`)."""
+        """Every view with its pending geometry applied, normalised (and RandomErasing'd when the
+        batch is a training step's): (B, 3, H, W) in the model's memory format (channels_last unless
+        `channels_last=False`)."""
         if batch.normalized:
-            return [self._layout(v) for v in batch.views]
-        return [self._layout(fused_normalize(view, _crop(batch.view_geometry(i)), self.mean, self.std,
-                                             dtype=self.dtype, impl=self.impl))
-                for i, view in enumerate(batch.views)]
+            return [self._layout(v) for v in self._erase(batch, list(batch.views))]
+        images = [fused_normalize(view, _crop(batch.view_geometry(i)), self.mean, self.std, dtype=self.dtype,
+                                  impl=self.impl) for i, view in enumerate(batch.views)]
+        return [self._layout(x) for x in self._erase(batch, images)]
 
     def mix_pairs(self, batch: Batch, spec: MixSpec, idx_a: torch.Tensor, idx_b: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +261,7 @@ class Augmenter:
         mix, cutmix = mixup_cutmix(batch.views[0], batch.views[cut], batch.view_geometry(0),
                                    batch.view_geometry(cut), idx_a, idx_b, spec, self.mean, self.std,
                                    dtype=self.dtype, impl=self.impl)
+        mix, cutmix = self._erase(batch, [mix, cutmix])
         return self._layout(mix), self._layout(cutmix)
 
     def mix_streams(self, batch: Batch, spec: MixSpec

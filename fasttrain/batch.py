@@ -17,6 +17,9 @@ tensors and ints.
 - `index`: int64 dataset indices of the rows (for debugging and distribution tests).
 - `normalized`: True when the views are already normalised float (DALI with `dali_normalize`);
   the augmenter then passes them through.
+- `step_key`: (epoch, step) of a training step, set by `fasttrain.step.train_step` (loaders leave
+  it None): it marks the batch as training data for the augmenter's per-step draws (RandomErasing)
+  and keys them; evaluation batches keep None and are never augmented.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ class Batch:
     geometry: list[Geometry | None] = field(default_factory=list)
     index: torch.Tensor | None = None
     normalized: bool = False
+    step_key: tuple[int, int] | None = None
 
     @property
     def size(self) -> int:

@@ -19,14 +19,16 @@ import torch
 import torch.nn as nn
 
 from fasttrain import distributed
-from fasttrain.augment import Augmenter
+from fasttrain.augment import Augmenter, RandomErasing
 from fasttrain.checkpoint import load_checkpoint
 from fasttrain.config import RunConfig
 from fasttrain.data import LTDataset, build_datasets
+from fasttrain.ema import build_ema
 from fasttrain.environment import amp_dtype, resolve_channels_last, resolve_device, seed_everything
 from fasttrain.loaders import build_loader
 from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
 from fasttrain.models import build_backbone, to_channels_last, to_contiguous
+from fasttrain.optimizers import build_optimizer  # noqa: F401 - also fasttrain.build's name for it
 from fasttrain.samplers import EvalShard, build_sampler
 from fasttrain.step import Learner, MethodLoss
 
@@ -51,27 +53,18 @@ class Run:
     dist: distributed.DistContext = distributed.DistContext()  # this process's rank in a torchrun job
 
 
-def build_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.apex:
-        try:
-            from apex.optimizers import FusedSGD  # type: ignore
-
-            return FusedSGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.nesterov)
-        except ImportError:
-            log.warning("optim.apex=true but apex is not importable; using torch SGD")
-    fused = o.fused and device.type == "cuda"
-    return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           nesterov=o.nesterov, fused=fused or None)
-
-
 def build_augmenter(cfg: RunConfig, train_set: LTDataset, amp: torch.dtype | None,
-                    device: torch.device) -> Augmenter:
+                    device: torch.device, rank: int = 0) -> Augmenter:
     aug = cfg.augment
     mean = tuple(aug.mean) if aug.mean else train_set.mean
     std = tuple(aug.std) if aug.std else train_set.std
+    erasing = None
+    if aug.random_erasing > 0:  # 0: no erasing object, exactly the augmenter of runs without it
+        erasing = RandomErasing(p=aug.random_erasing, mode=aug.random_erasing_mode,
+                                scale=tuple(aug.random_erasing_scale), ratio=tuple(aug.random_erasing_ratio),
+                                seed=cfg.seed, rank=rank)
     return Augmenter(mean=mean, std=std, dtype=amp or torch.float32, impl=aug.mix_impl,
-                     channels_last=resolve_channels_last(cfg.model.channels_last, device))
+                     channels_last=resolve_channels_last(cfg.model.channels_last, device), erasing=erasing)
 
 
 def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous: nn.Module | None,
@@ -121,12 +114,12 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     # run asks for determinism: benchmarking may choose non-deterministic algorithms.
     torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.train.deterministic
     train_set, eval_set = datasets if datasets is not None else build_datasets(cfg)
-    augmenter = build_augmenter(cfg, train_set, amp, device)
+    augmenter = build_augmenter(cfg, train_set, amp, device, rank)
     counts = torch.as_tensor(train_set.train_counts, dtype=torch.long)
     ld = cfg.loader
     ctx = MethodContext(num_classes=train_set.num_classes, train_counts=counts.to(device), augmenter=augmenter,
-                        device=device, loss_impl=cfg.train.loss_impl, seed=cfg.seed,
-                        default_stream=StreamSpec(ld.sampler, ld.sampler_q, ld.class_aware_k),
+                        device=device, loss_impl=cfg.train.loss_impl, label_smoothing=cfg.loss.label_smoothing,
+                        seed=cfg.seed, default_stream=StreamSpec(ld.sampler, ld.sampler_q, ld.class_aware_k),
                         stream_batch_size=ld.batch_size * world_size if training else None)
     method = METHODS[cfg.method.name](cfg.method, ctx)
 
@@ -153,7 +146,8 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader, dist=dctx)
     if training:
         forward = torch.compile(model) if cfg.train.compile else model
-        optimizer = build_optimizer(cfg, method.trainable_parameters(model), device) if method.stage.trains else None
+        optimizer = (build_optimizer(cfg, method.trainable_parameters(model), device, model)
+                     if method.stage.trains else None)
         scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
         # DDP wraps the method's loss around the (compiled) model, so a method may call any part of
         # its model (heads, a frozen backbone) and the gradients of its trainable parameters are
@@ -162,7 +156,8 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
         if world_size > 1 and optimizer is not None:
             ddp = distributed.wrap(MethodLoss(method, forward), method.ddp_find_unused_parameters)
         run.learner = Learner(method, model, forward, optimizer, scaler, amp, device,
-                              accum_steps=cfg.train.grad_accum_steps, ddp=ddp)
+                              accum_steps=cfg.train.grad_accum_steps, ddp=ddp, clip_grad_norm=cfg.optim.clip_grad_norm,
+                              ema=build_ema(cfg.train.ema, model) if optimizer is not None else None)
     return run
 
 

@@ -16,15 +16,16 @@ from typing import Any
 
 import yaml
 
+from fasttrain.augment import ERASING_MODES
 from fasttrain.data import DATASETS
 from fasttrain.kernels.mix import IMPLS as MIX_IMPLS
 from fasttrain.kernels.soft_ce import IMPLS as LOSS_IMPLS
-from fasttrain.loaders import BACKENDS
+from fasttrain.loaders import AUGMENT_POLICIES, AUTOAUGMENT_POLICIES, BACKENDS, policy_refusal
 from fasttrain.methods import METHODS
 from fasttrain.models import BACKBONES, check_model_config
 from fasttrain.samplers import SAMPLERS
 from fasttrain.schedules import SCHEDULES
-from fasttrain.schema import ConfigError, build_dataclass, suggest
+from fasttrain.schema import ConfigError, build_dataclass, option, suggest
 from fasttrain.shipped import resolve_config
 
 
@@ -71,6 +72,23 @@ class AugmentConfig:
     mean: list[float] | None = None  # None = the dataset's standard statistics
     std: list[float] | None = None  # None = the dataset's standard statistics
     mix_impl: str = "auto"  # normalise/mix kernel dispatch: auto (Triton on CUDA) | triton | torch
+    # Automatic augmentation policy of every training view: none | randaugment | trivialaugment | autoaugment;
+    # applied by the loader on uint8 after the crop and flip (torch: torchvision v2's RandAugment /
+    # TrivialAugmentWide / AutoAugment; dali: nvidia.dali.auto_aug's); tensor and ffcv refuse it by name
+    policy: str = option("none", choices=AUGMENT_POLICIES)
+    policy_num_ops: int = option(2, ge=1)  # randaugment: operations per image (torchvision's num_ops)
+    policy_magnitude: int = option(9, ge=0)  # randaugment: magnitude bin of every operation, < policy_magnitude_bins
+    policy_magnitude_bins: int = option(31, ge=2)  # randaugment / trivialaugment: number of magnitude bins
+    autoaugment_policy: str = option("imagenet", choices=AUTOAUGMENT_POLICIES)  # autoaugment: imagenet | cifar10 | svhn
+    # RandomErasing (timm's definition): probability of erasing one box of each training image, 0 = off;
+    # done by the augmenter on the device for every loader backend, after normalisation (and after
+    # MixUp / CutMix), per sample and view; draws keyed by (seed, rank, epoch, step, view): exact resume
+    random_erasing: float = option(0.0, ge=0, le=1)
+    # RandomErasing's fill of the box: const (zeros) | rand (one N(0, 1) value per channel) | pixel (N(0, 1)
+    # per pixel), in normalised units
+    random_erasing_mode: str = option("const", choices=ERASING_MODES)
+    random_erasing_scale: list[float] = field(default_factory=lambda: [0.02, 0.33])  # erased area / image area range
+    random_erasing_ratio: list[float] = field(default_factory=lambda: [0.3, 3.3])  # erased box height / width range
     # Per-view training augmentation (SSD's query / key views): one mapping of overrides of the keys
     # above per view, e.g. [{}, {rrc_scale: [0.2, 1.0], grayscale_p: 0.2}]; [] = every view the same
     views: list[dict] = field(default_factory=list)
@@ -137,13 +155,24 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd (on every trainable parameter)
+    name: str = "sgd"  # sgd | adamw (torch's AdamW: decoupled weight decay)
     lr: float = 0.1  # base learning rate
     momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 2e-4  # L2 weight decay on all trainable parameters
+    # L2 weight decay (SGD; AdamW's decoupled decay) of every trainable parameter, or of the decayed ones
+    # only under optim.no_decay
+    weight_decay: float = 2e-4
     nesterov: bool = False  # Nesterov momentum
-    fused: bool = True  # torch fused SGD on CUDA
-    apex: bool = False  # apex FusedSGD when importable
+    fused: bool = True  # torch fused SGD / AdamW on CUDA
+    apex: bool = False  # apex FusedSGD when importable (SGD only)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW: (beta1, beta2)
+    eps: float = option(1e-8, gt=0)  # AdamW: denominator epsilon
+    # Exclude norm weights, biases (every 1-d parameter) and the backbone's token / position-embedding
+    # parameters (timm's no_weight_decay()) from weight decay: auto = true for adamw, false for sgd
+    no_decay: bool | str = "auto"
+    # Layer-wise lr decay for timm backbones with a layer grouping (ViTs, timm CNNs): each group's lr is
+    # lr x layer_decay^(depth below the head), by timm's group_matcher; null = off
+    layer_decay: float | None = option(None, gt=0, le=1)
+    clip_grad_norm: float | None = option(None, gt=0)  # max global L2 norm of the gradients per step; null = off
 
 
 @dataclass
@@ -155,6 +184,21 @@ class ScheduleConfig:
     gamma: float = 0.1  # multistep: factor per milestone passed
     min_lr: float = 0.0  # cosine family: the floor the lr decays to
     per_step: bool = False  # update the lr every step instead of every epoch
+
+
+@dataclass
+class EmaConfig:
+    """train.ema: an exponential moving average of the model's weights (parameters and float buffers),
+    updated after every optimizer step and evaluated beside the raw model every evaluation."""
+
+    decay: float | None = option(None, ge=0, le=1)  # EMA decay per optimizer step, e.g. 0.9998; null = no EMA
+    # Warm-up (timm's use_warmup): decay_t = 1 - (1 + t / warmup_gamma)^-warmup_power, within
+    # [min_decay, decay]; t counts updates after update_after_step (the first one copies the weights)
+    warmup: bool = False
+    warmup_gamma: float = option(1.0, gt=0)  # warm-up: inverse gamma of the decay ramp
+    warmup_power: float = option(2 / 3, gt=0)  # warm-up: power of the decay ramp (3/4 for shorter runs)
+    min_decay: float = option(0.0, ge=0, le=1)  # warm-up: the lowest decay used
+    update_after_step: int = option(0, ge=0)  # optimizer steps before the EMA averages (it copies until then)
 
 
 @dataclass
@@ -182,6 +226,20 @@ class TrainConfig:
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only)
     grad_accum_steps: int = 1  # loader batches per optimizer step (gradients averaged; DDP syncs on the last)
     dist_timeout_s: float = 1800.0  # torchrun: seconds a collective waits for the other ranks, then fails
+    ema: EmaConfig = field(default_factory=EmaConfig)  # weight EMA (timm's ModelEmaV3 semantics)
+    # Whose evaluation picks best.pt and whose weights it holds: raw (the trained weights) | ema (the EMA
+    # weights; needs train.ema.decay)
+    select_model: str = "raw"
+
+
+@dataclass
+class LossConfig:
+    """loss: settings of the methods' soft-label cross-entropy terms (train.loss_impl picks its kernel)."""
+
+    # Every training method passes it to its soft-label CE terms (MixUp / CutMix targets are smoothed
+    # after mixing; SSD's KD term keeps the teacher's targets); a method without such a term (focal
+    # loss, MaxNorm's cb_softmax_bce) refuses a non-zero value. Post-hoc stages train nothing.
+    label_smoothing: float = option(0.0, ge=0, le=1)  # label smoothing eps of the soft-label CE: target (1 - eps) t + eps / C, as F.cross_entropy(label_smoothing=eps); class weights multiply the smoothed target; 0 = off
 
 
 @dataclass
@@ -214,6 +272,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     log: LogConfig = field(default_factory=LogConfig)
     method: Any = None  # the method's own dataclass instance
     stages: list[StageConfig] = field(default_factory=list)  # later stages: [{name, overrides}] on top of this config
@@ -230,7 +289,9 @@ CHOICES = {
     "data.few_shot_rule": ["<20", "<=20"],
     "data.eval_split": ["test", "val"],
     "augment.train": ["cifar", "imagenet", "none"],
-    "optim.name": ["sgd"],
+    "optim.name": ["sgd", "adamw"],
+    "optim.no_decay": ["auto", True, False],
+    "train.select_model": ["raw", "ema"],
     "train.amp": ["auto", "bf16", "fp16", "fp32"],
     "train.select_on": ["auto", "val", "test", "last"],
     "model.channels_last": ["auto", True, False],
@@ -313,6 +374,9 @@ def _check_values(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key}: expected a value > 0 or null, got {value!r}")
     _check_streams(cfg)
     _check_views(cfg)
+    _check_label_smoothing(cfg)
+    _check_augment_policy(cfg)
+    _check_optim(cfg)
     if cfg.method is not None and hasattr(cfg.method, "validate"):
         try:
             cfg.method.validate()
@@ -338,6 +402,51 @@ def _check_streams(cfg: RunConfig) -> None:
         if getattr(cfg.loader, key) != getattr(default, key):
             raise ConfigError(f"loader.{key}: method {method.name} draws its own sample streams and would ignore "
                               f"loader.{key}={getattr(cfg.loader, key)!r}; remove it (see the method's own keys)")
+
+
+def _check_optim(cfg: RunConfig) -> None:
+    """The optimizer keys that tie to others: AdamW's betas, layer decay's backbone, EMA selection."""
+    betas = cfg.optim.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas: expected two values in [0, 1), got {betas!r}")
+    if cfg.optim.layer_decay is not None and not cfg.model.arch.startswith("timm/"):
+        raise ConfigError(f"optim.layer_decay: backbone {cfg.model.arch!r} has no layer grouping; layer-wise lr "
+                          "decay needs a timm backbone (model.arch: timm/<name>, e.g. timm/vit_base_patch16_224); "
+                          "set optim.layer_decay: null")
+    if cfg.train.select_model == "ema" and cfg.train.ema.decay is None:
+        raise ConfigError("train.select_model=ema: the run keeps no EMA; set train.ema.decay (e.g. 0.9998) or "
+                          "train.select_model: raw")
+
+
+def _check_augment_policy(cfg: RunConfig) -> None:
+    """augment.policy's keys that tie together, the backend that applies it, and RandomErasing's ranges."""
+    aug = cfg.augment
+    if aug.policy == "randaugment" and aug.policy_magnitude >= aug.policy_magnitude_bins:
+        raise ConfigError(f"augment.policy_magnitude: expected a bin below augment.policy_magnitude_bins="
+                          f"{aug.policy_magnitude_bins}, got {aug.policy_magnitude!r}")
+    if METHODS[cfg.method.name].stage.trains:
+        reason = policy_refusal(cfg.loader.backend, aug, True)
+        if reason:
+            raise ConfigError(reason)
+    lo_hi = aug.random_erasing_scale
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+        raise ConfigError("augment.random_erasing_scale: expected [low, high] with 0 < low <= high <= 1, "
+                          f"got {lo_hi!r}")
+    lo_hi = aug.random_erasing_ratio
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+        raise ConfigError(f"augment.random_erasing_ratio: expected [low, high] with 0 < low <= high, got {lo_hi!r}")
+
+
+def _check_label_smoothing(cfg: RunConfig) -> None:
+    """loss.label_smoothing is applied by the method's soft-label CE terms, or refused by name (never
+    ignored); a post-hoc method trains nothing, so a later stage may inherit the run's value."""
+    method = METHODS[cfg.method.name]
+    if cfg.loss.label_smoothing == 0 or not method.stage.trains:
+        return
+    reason = method.label_smoothing_refusal(cfg.method)
+    if reason:
+        raise ConfigError(f"loss.label_smoothing: got {cfg.loss.label_smoothing!r}, but {reason}; set "
+                          "loss.label_smoothing: 0")
 
 
 def _check_view_value(key: str, value: Any, where: str) -> None:

@@ -16,7 +16,8 @@ from fasttrain.methods import METHODS, MethodConfig
 from fasttrain.schema import field_checks, suggest
 
 SECTIONS = {"data": C.DataConfig, "augment": C.AugmentConfig, "loader": C.LoaderConfig, "model": C.ModelConfig,
-            "optim": C.OptimConfig, "schedule": C.ScheduleConfig, "train": C.TrainConfig, "log": C.LogConfig}
+            "optim": C.OptimConfig, "schedule": C.ScheduleConfig, "train": C.TrainConfig, "loss": C.LossConfig,
+            "log": C.LogConfig}
 TOP_LEVEL = ("name", "seed", "device", "out_dir", "stages")  # RunConfig's own keys (method: its own rows)
 COMMON_METHOD_KEYS = tuple(f.name for f in dataclasses.fields(MethodConfig))  # keys every method has
 
@@ -89,6 +90,9 @@ def _rows(cls: type, prefix: str, names=None, choices=None, method=None) -> list
         if names is not None and f.name not in names:
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
+        if _default(f) == "(section)":  # a nested section (train.ema): its own keys, `<key>.<field>`
+            rows += _rows(type(f.default_factory()), key, choices=choices, method=method)
+            continue
         rows.append({"key": key, "type": _type(hints[f.name]), "default": _default(f), "meaning": notes.get(f.name, ""),
                      "choices": choices.get(key), "range": ranges.get(f.name), "method": method})
     return rows

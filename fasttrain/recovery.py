@@ -1,10 +1,11 @@
 """What a checkpoint holds, when one is written inside an epoch, and how a run continues from one.
 
-A `last.pt` holds everything an exact continuation needs: model, optimizer, grad scaler, the
-method's state (its RNG generators, MaxNorm thresholds, ...; SSD's queue is in the model), the
-loader state (epoch and step position: mid-epoch checkpoints resume at the next step), every
-global RNG, the epoch count (the schedule position follows from it and the step), best-so-far and
-history. The stage index is the run directory: each later stage has its own sub-directory.
+A `last.pt` holds everything an exact continuation needs: model, optimizer, grad scaler, the EMA
+weights and their update count (train.ema), the method's state (its RNG generators, MaxNorm
+thresholds, ...; SSD's queue is in the model), the loader state (epoch and step position:
+mid-epoch checkpoints resume at the next step), every global RNG, the epoch count (the schedule
+position follows from it and the step), best-so-far and history. The stage index is the run
+directory: each later stage has its own sub-directory.
 
 Under torchrun every rank has its own RNG streams and loader state (augmentation draws differ by
 rank), so each rank's part is gathered to rank 0 (small: generator states and positions) and
@@ -26,6 +27,7 @@ from pathlib import Path
 from fasttrain import distributed
 from fasttrain.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_text_atomic
 from fasttrain.config import to_dict
+from fasttrain.ema import restore_ema
 from fasttrain.environment import rng_state, set_rng_state
 from fasttrain.evaluation import class_names
 from fasttrain.guard import check_finite_state, non_finite
@@ -108,6 +110,7 @@ def restore(path: Path, state: dict, *, model, learner, method, loader, current_
     if diffs:
         log.warning("--resume %s: the config differs from the checkpoint's in %s", path, ", ".join(diffs))
     learner.scaler.load_state_dict(state["scaler"])
+    restore_ema(learner.ema, state, model, log)  # train.ema: the average and its update count
     ranks = state.get("ranks") or [{"loader": state["loader"], "method": state["method"], "rng": state["rng"]}]
     mine = ranks[dctx.rank] if len(ranks) == dctx.world_size else None
     position = int(state["loader"].get("position", 0) or 0)
@@ -165,6 +168,8 @@ class LastCheckpoint:
                  "scaler": learner.scaler.state_dict(), "method": own["method"], "loader": own["loader"],
                  "rng": own["rng"], "epoch": epoch_done,  # epochs fully completed
                  "best": best, "history": history, "config": to_dict(run.cfg), "meta": self.meta}
+        if learner.ema is not None:  # train.ema: the EMA weights and their update count (exact resume)
+            state["ema"] = learner.ema.state_dict()
         if run.dist.world_size > 1:  # every rank's RNG streams and loader position (see the module docstring)
             state["ranks"] = distributed.gather_to_main(own)
             state["world_size"] = run.dist.world_size

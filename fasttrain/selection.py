@@ -64,9 +64,12 @@ class BestKeeper:
     Under torchrun every rank calls it with the same gathered reports, so all ranks agree on the
     choice; rank 0 writes best.pt."""
 
-    def __init__(self, run, run_dir: Path, meta: dict, rank: int = 0):
+    def __init__(self, run, run_dir: Path, meta: dict, rank: int = 0, label: str = ""):
         self.run, self.cfg, self.run_dir, self.meta, self.rank = run, run.cfg, Path(run_dir), meta, rank
         self.split = selection_split(self.cfg)
+        # "_ema" (train.select_model: ema): `run` is the EMA view (fasttrain.ema.selection_run), whose
+        # weights are evaluated, chosen and written; the record's `<split>_top1_ema` and best's `model` say so
+        self.label = label
         self.best: dict = {"top1": -1.0, "epoch": -1}
         self.resumed_from: Path | None = None  # the checkpoint a resumed run continued (its best.pt is beside it)
         self._kept: dict = {}  # the best epoch's report (and, selected on another split, its weights)
@@ -78,13 +81,13 @@ class BestKeeper:
         chosen = report if self.split in ("last", self.cfg.data.eval_split) else \
             evaluate_loader(self.run, self._loader(self.split))
         if chosen is not report:
-            record[f"{self.split}_top1"] = chosen["top1"]
+            record[f"{self.split}_top1{self.label}"] = chosen["top1"]
         if not better(chosen, self.best, self.split):  # the same answer on every rank (gathered reports)
             return
         model = self.run.model
         check_finite_state(model, None, f"the end of epoch {epoch}", last_good)  # before best.pt
         self.best = {"top1": chosen["top1"], "epoch": epoch, **{k: chosen[k] for k in ("many", "medium", "few")},
-                     "on": self.split}
+                     "on": self.split, **({"model": "ema"} if self.label else {})}
         # Kept for `selected`: the report, and (selected on another split than the test report's) the
         # weights, on the host, so the end needs no file every rank can read.
         self._kept = {"report": chosen}

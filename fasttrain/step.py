@@ -1,6 +1,6 @@
 """THE training step, shared by the trainer and every benchmark, so what is timed is what trains.
 
-    autocast → method loss → backward → grad scaler / optimizer → method hook
+    autocast → method loss → backward → [clip] → grad scaler / optimizer → method hook → [EMA]
 
 (with gradient accumulation, the optimizer part runs on the last micro-batch of each group;
 under torchrun the loss runs inside DistributedDataParallel, see `MethodLoss`).
@@ -44,6 +44,8 @@ class Learner:
     device: torch.device
     accum_steps: int = 1  # train.grad_accum_steps: micro-batches per optimizer step
     ddp: nn.Module | None = None  # DistributedDataParallel(MethodLoss) under torchrun, else None
+    clip_grad_norm: float | None = None  # optim.clip_grad_norm: max global gradient norm (unscaled), or None
+    ema: object | None = None  # fasttrain.ema.ModelEma of `model` (train.ema), updated after each optimizer step
 
 
 def train_step(learner: Learner, batch, progress: Progress, micro: int = 0, group: int = 1) -> dict[str, torch.Tensor]:
@@ -53,6 +55,7 @@ def train_step(learner: Learner, batch, progress: Progress, micro: int = 0, grou
     the group's rows, as one step on their union would have it. Under DDP the gradients are
     all-reduced only on the last micro-batch (`no_sync` before). Returns the method's logs
     (detached, on device)."""
+    batch.step_key = (progress.epoch, progress.step)  # a training batch: keys the augmenter's draws
     last = micro == group - 1
     sync = learner.ddp.no_sync() if learner.ddp is not None and not last else nullcontext()
     with sync:
@@ -65,7 +68,13 @@ def train_step(learner: Learner, batch, progress: Progress, micro: int = 0, grou
             learner.optimizer.zero_grad(set_to_none=True)
         learner.scaler.scale(loss if group == 1 else loss / group).backward()
     if last:
+        if learner.clip_grad_norm is not None:  # on the true gradients: unscaled first (a no-op unless fp16)
+            learner.scaler.unscale_(learner.optimizer)
+            params = [p for group in learner.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, learner.clip_grad_norm)
         learner.scaler.step(learner.optimizer)
         learner.scaler.update()
         learner.method.after_step(learner.model, progress)
+        if learner.ema is not None:
+            learner.ema.update(learner.model)
     return logs

@@ -27,6 +27,7 @@ from fasttrain.build import build_run, build_split_loader
 from fasttrain.checkpoint import remove_stale_temp_files, writing
 from fasttrain.config import RunConfig, dump_config, stage_config, to_dict
 from fasttrain.data import build_datasets
+from fasttrain.ema import evaluate_ema, selection_run, summary_section
 from fasttrain.schema import ConfigError
 from fasttrain.environment import memory_peaks, versions
 from fasttrain.evaluation import evaluate, head_scalars
@@ -108,7 +109,8 @@ class Trainer:
         self.learner = self.run.learner
         self.method, self.model, self.loader = self.run.method, self.run.model, self.run.train_loader
         meta = run_meta(self.run)
-        self.keeper = BestKeeper(self.run, self.run_dir, meta, self.rank)  # best.pt
+        chosen, label = selection_run(self.run)  # best.pt: the raw or the EMA weights (train.select_model)
+        self.keeper = BestKeeper(chosen, self.run_dir, meta, self.rank, label)
         self.checkpoints = LastCheckpoint(self.run, self.run_dir, meta)  # last.pt
         self.saves = SavePolicy(cfg.train.save_every_steps, cfg.train.save_every_minutes)
         self.guard = LossGuard()
@@ -117,6 +119,7 @@ class Trainer:
         self._stop_requested = False
         self._resume_note: str | None = None  # "resumed from ...", logged once train.log is open
         self._eval_seconds: list[float] = []  # each evaluation's duration: the progress lines' ETA
+        self._ema_report: dict | None = None  # the EMA weights' last evaluation (train.ema)
         distributed.on_main(remove_stale_temp_files, self.run_dir)  # before anything is written here
         checkpoint = Path(resume) if isinstance(resume, (str, Path)) else self.run_dir / "last.pt"
         if resume and checkpoint.is_file():
@@ -172,7 +175,7 @@ class Trainer:
             for batch in meter.timed(loader, steps - start):
                 progress.step = step
                 if cfg.schedule.per_step:
-                    lr = self._set_lr(epoch + step / steps)
+                    lr = self._set_lr(epoch + step / steps, 1 / steps)
                 micro, group = accumulation(step, steps, cfg.train.grad_accum_steps)
                 try:
                     step_logs = train_step(self.learner, batch, progress, micro, group)
@@ -199,6 +202,8 @@ class Trainer:
         # Each rank's forwards updated its own BatchNorm running statistics: from here on every rank
         # holds rank 0's, so all evaluate (and keep as best) the model that rank 0 saves.
         distributed.broadcast_buffers(self.model)
+        if self.learner.ema is not None:  # the EMA's buffers followed this rank's: rank 0's too
+            distributed.broadcast_buffers(self.learner.ema.module)
         out = distributed.mean_scalars(logs.means())  # training metrics: mean over ranks
         out.update({"lr": lr, **_job_rate(meter.epoch_rate(self.run.device)),
                     "steps": step - start, "train_loss": out.get("loss", float("nan"))})
@@ -215,7 +220,8 @@ class Trainer:
         report = evaluate(self.run)
         record.update({k: report[k] for k in EVAL_KEYS})
         record.update(head_scalars(report))  # top1_<head> of several-head methods (SSD III)
-        self.keeper.update(epoch, report, record, self.checkpoints.last_good)
+        self._ema_report = evaluate_ema(self.run, evaluate, record, EVAL_KEYS)  # top1_ema, ... (train.ema)
+        self.keeper.update(epoch, self._chosen(report), record, self.checkpoints.last_good)
         self._eval_seconds.append(time.perf_counter() - started)
         return report
 
@@ -235,12 +241,18 @@ class Trainer:
                    "img_per_s": distributed.sum_scalar(meter.overall_rate()), "wall_s": time.perf_counter() - t0,
                    "epochs": self.history, "device": str(self.run.device), "amp": str(self.run.amp),
                    "versions": versions(), "processes": self.world_size, "switches": to_dict(self.cfg.method)}
-        summary["selected"] = self.keeper.selected(report)
+        self._ema_report = self._ema_report or evaluate_ema(self.run, evaluate, {})
+        summary.update(summary_section(self._ema_report))  # final_ema
+        summary["selected"] = self.keeper.selected(self._chosen(report))
         if calibration:
             summary["calibration"] = calibration
         runlog.finish(summary, report, self.run.train_set)
         runlog.note(final_line(summary, self.method.prediction_head()))
         return summary
+
+    def _chosen(self, report: dict) -> dict:
+        """The report best.pt is chosen on: the raw model's, or the EMA's (train.select_model: ema)."""
+        return self._ema_report if self.keeper.label else report
 
     def _checkpoint_inside_epoch(self, epoch: int, step: int, steps: int) -> None:
         """After step `step`: save last.pt if a signal asked to stop (then stop) or a mid-epoch
@@ -281,10 +293,10 @@ class Trainer:
         if self._resume_note:
             log.info("%s", self._resume_note)  # once, on the console and in train.log
 
-    def _set_lr(self, epoch: float) -> float:
-        lr = learning_rate(self.cfg.schedule, self.cfg.optim.lr, epoch, self.cfg.train.epochs)
+    def _set_lr(self, epoch: float, width: float = 1.0) -> float:
+        lr = learning_rate(self.cfg.schedule, self.cfg.optim.lr, epoch, self.cfg.train.epochs, width)
         for group in self.learner.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # optim.layer_decay's per-layer factor
         return lr
 
     def _calibrate(self) -> dict:

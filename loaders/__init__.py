@@ -10,7 +10,8 @@ backend is built, so a missing one only matters when that backend is asked for.
 """
 from __future__ import annotations
 
-from .base import BACKENDS, LoaderBackend, register_backend  # noqa: F401
+from .base import (AUGMENT_POLICIES, AUTOAUGMENT_POLICIES, BACKENDS, LoaderBackend,  # noqa: F401
+                   policy_refusal, register_backend)
 from . import torch_backend, tensor, dali, ffcv  # noqa: F401,E402 - each registers its backend
 
 
@@ -42,6 +43,12 @@ def build_loader(backend: str, dataset, samplers, *, batch_size: int, num_views:
     epoch length) or None for sequential evaluation order; batch_size: rows of one step over all
     streams (the trainer passes loader.batch_size x streams); augment: AugmentConfig;
     loader: LoaderConfig; train: training augmentation (True) or eval transform (False).
+    A training `augment.policy` the backend does not apply (its class's `policies`) is refused here,
+    naming the backend and the ones that apply it.
     """
-    return loader_class(backend)(dataset, samplers, batch_size=batch_size, num_views=num_views, device=device,
+    cls = loader_class(backend)
+    reason = policy_refusal(backend, augment, train)
+    if reason:
+        raise ValueError(reason)
+    return cls(dataset, samplers, batch_size=batch_size, num_views=num_views, device=device,
                                  augment=augment, loader=loader, train=train, seed=seed)

@@ -25,6 +25,12 @@ import torch
 
 BACKENDS: dict[str, type["LoaderBackend"]] = {}
 
+# `augment.policy`: the automatic augmentation policies a backend may apply to each training view
+# (torchvision v2's RandAugment / TrivialAugmentWide / AutoAugment and their DALI counterparts).
+# A backend lists the ones it applies in its `policies`; any other is refused when it is built.
+AUGMENT_POLICIES = ("none", "randaugment", "trivialaugment", "autoaugment")
+AUTOAUGMENT_POLICIES = ("imagenet", "cifar10", "svhn")  # augment.autoaugment_policy (torchvision's names)
+
 
 def register_backend(name: str):
     """Class decorator: add a loader backend to `BACKENDS` under `name`."""
@@ -47,6 +53,10 @@ class LoaderBackend:
     # and/or "files" (image paths, `dataset.paths`). The conformance suite runs each backend on
     # the dataset kinds it names here.
     reads: ClassVar[tuple[str, ...]] = ("arrays", "files")
+
+    # The `augment.policy` values (besides "none") the backend applies to its training views; any
+    # other policy is refused by name when the backend is built (`policy_refusal`), never ignored.
+    policies: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -126,6 +136,17 @@ class LoaderBackend:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def policy_refusal(backend: str, augment, train: bool) -> str | None:
+    """Why loader.backend=`backend` cannot build `augment`'s policy (None: it can, or nothing to do):
+    the message names the backend, the policy and the backends that apply it."""
+    policy = getattr(augment, "policy", "none")
+    if not train or policy == "none" or policy in BACKENDS[backend].policies:
+        return None
+    able = [name for name, cls in BACKENDS.items() if policy in cls.policies]
+    use = f"use loader.backend={' or '.join(able)}" if able else "no loader backend applies it"
+    return f"loader.backend={backend} cannot apply augment.policy={policy}; {use} (or augment.policy: none)"
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device, salt: int) -> torch.Generator:

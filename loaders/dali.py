@@ -12,6 +12,12 @@ Design (why it looks like this):
   by (seed, epoch, step) and fed to DALI as per-sample arguments (`crop_params`, which says
   why). This needs the image size, read from the header on the host while the bytes are
   validated (`image_header`).
+- **Policies** (`augment.policy`): `nvidia.dali.auto_aug`'s RandAugment / TrivialAugment Wide /
+  AutoAugment run on each training view after its crop, jitter, blur and flip (uint8, as in the
+  torch backend); the pipeline is then traced with conditionals on (`pipeline_def(enable_conditionals
+  =True)`). Their random choices come from DALI's own generator, seeded by the pipeline seed and
+  advanced per batch the pipeline runs: unlike the crops, they are not a pure function of (seed,
+  epoch, step) — a resumed run (or a pipeline rebuilt after a bad file) draws other policy ops.
 - **Decode once.** With several views the image is decoded once and every view is one
   `fn.resize` with its own ROI (crop + resize in one pass). With one view the decoder itself
   crops (`fn.decoders.image_slice`, ROI decoding: only the crop is produced), which is cheaper.
@@ -46,6 +52,9 @@ from fasttrain.loaders.image_header import CorruptImage, image_size
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "DALI is not installed: pip install fasttrain[dali]  (nvidia-dali-cuda130)"
+# augment.autoaugment_policy (torchvision's names) -> nvidia.dali.auto_aug's: torchvision's CIFAR10
+# policy is the AutoAugment paper's reduced-CIFAR-10 one.
+DALI_AUTOAUGMENT = {"imagenet": "image_net", "cifar10": "reduced_cifar10", "svhn": "svhn"}
 # Same kernel size as the torch backend's v2.GaussianBlur(23, (0.1, 2.0)); crop_params'
 # NO_BLUR_SIGMA makes this kernel the identity for the rows that drew no blur.
 _BLUR_WINDOW = 23
@@ -120,6 +129,7 @@ class _EpochSource:
 class DaliLoader(LoaderBackend):
     # Decodes files only: in-memory arrays are served by the tensor (or torch) backend.
     reads = ("files",)
+    policies = ("randaugment", "trivialaugment", "autoaugment")  # nvidia.dali.auto_aug's (_apply_policy)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -140,6 +150,7 @@ class DaliLoader(LoaderBackend):
         self.augment = augment
         self.train = train
         self.seed = seed
+        self.policy = getattr(augment, "policy", "none") if train else "none"
         # What each view draws per sample (augment.views: its own keys; else one draw shared).
         self.draws = [ViewDraw.from_config(a, train) for a in view_augments(augment, num_views, train)]
         self.draw = self.draws[0]
@@ -168,56 +179,89 @@ class DaliLoader(LoaderBackend):
         return self.device.type == "cuda"
 
     def _build_pipeline(self):
-        fn, types = self.fn, self.types
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if self._cuda else None
         op_dev = "gpu" if self._cuda else "cpu"
         dec_dev = "mixed" if self._cuda else "cpu"
-        pipe = self.dali.Pipeline(batch_size=self.step_rows, num_threads=self.threads, device_id=device_id,
-                                  prefetch_queue_depth=self.prefetch, seed=self.seed & 0x7FFF_FFFF)
+        kwargs = dict(batch_size=self.step_rows, num_threads=self.threads, device_id=device_id,
+                      prefetch_queue_depth=self.prefetch, seed=self.seed & 0x7FFF_FFFF)
+        if self.policy != "none":
+            # nvidia.dali.auto_aug selects its operations with `if` on DALI data: the graph must be
+            # traced with conditionals on, which only a @pipeline_def function can be.
+            def graph():
+                return tuple(self._graph(op_dev, dec_dev))
+
+            pipe = self.dali.pipeline_def(graph, enable_conditionals=True)(**kwargs)
+        else:
+            pipe = self.dali.Pipeline(**kwargs)
+            with pipe:
+                pipe.set_outputs(*self._graph(op_dev, dec_dev))
+        pipe.build()
+        return pipe
+
+    def _graph(self, op_dev: str, dec_dev: str) -> list:
+        """The pipeline's operators, from the external source to one output per view."""
+        fn, types = self.fn, self.types
         # nvJPEG buffers sized for ImageNet-class JPEGs up front (MLPerf-style values), so the
         # first epochs do not reallocate; CPU decoding takes no such hints.
         dec_kw = dict(device_memory_padding=211_025_920, host_memory_padding=140_544_512) if self._cuda else {}
         n_in = 1 + sum(len(f) for f in self._fields)
         crop = [self.crop, self.crop]
-        with pipe:
-            ins = fn.external_source(source=self._source, num_outputs=n_in, batch=True)
-            jpegs, rest = ins[0], ins[1:]
-            offsets = np.cumsum([0] + [len(f) for f in self._fields])
-            decoded = None
-            outs = []
-            for v in range(self.num_views):
-                p = dict(zip(self._fields[v], rest[offsets[v]:offsets[v + 1]]))
-                if self.roi_decode:
-                    # Decoder crops: only the RRC window is decoded (one view only).
-                    img = fn.decoders.image_slice(jpegs, p["anchor"], p["shape"], device=dec_dev,
-                                                  output_type=types.RGB, axis_names="HW",
-                                                  normalized_anchor=False, normalized_shape=False, **dec_kw)
-                    img = fn.resize(img, size=crop, antialias=self.antialias,
-                                    interp_type=types.INTERP_LINEAR)
-                else:
-                    if decoded is None:  # decode ONCE, every view resamples its own ROI
-                        decoded = fn.decoders.image(jpegs, device=dec_dev, output_type=types.RGB, **dec_kw)
-                    img = fn.resize(decoded, size=crop, roi_start=p["anchor"], roi_end=p["anchor"] + p["shape"],
-                                    roi_relative=False, antialias=self.antialias,
-                                    interp_type=types.INTERP_LINEAR)
-                if "brightness" in p:
-                    hue = {"hue": p["hue"]} if "hue" in p else {}  # degrees
-                    img = fn.color_twist(img, brightness=p["brightness"], contrast=p["contrast"],
-                                         saturation=p["saturation"], device=op_dev, **hue)
-                if "sigma" in p:
-                    img = fn.gaussian_blur(img, sigma=p["sigma"], window_size=_BLUR_WINDOW, device=op_dev)
-                if self.normalize:
-                    img = fn.crop_mirror_normalize(img, mirror=p.get("flip", 0), dtype=types.FLOAT,
-                                                   output_layout="HWC",
-                                                   mean=[255.0 * m for m in self.mean],
-                                                   std=[255.0 * s for s in self.std], device=op_dev)
-                elif "flip" in p:
-                    img = fn.flip(img, horizontal=p["flip"], device=op_dev)
-                outs.append(img)
-            pipe.set_outputs(*outs)
-        pipe.build()
-        return pipe
+        ins = fn.external_source(source=self._source, num_outputs=n_in, batch=True)
+        jpegs, rest = ins[0], ins[1:]
+        offsets = np.cumsum([0] + [len(f) for f in self._fields])
+        decoded = None
+        outs = []
+        for v in range(self.num_views):
+            p = dict(zip(self._fields[v], rest[offsets[v]:offsets[v + 1]]))
+            if self.roi_decode:
+                # Decoder crops: only the RRC window is decoded (one view only).
+                img = fn.decoders.image_slice(jpegs, p["anchor"], p["shape"], device=dec_dev,
+                                              output_type=types.RGB, axis_names="HW",
+                                              normalized_anchor=False, normalized_shape=False, **dec_kw)
+                img = fn.resize(img, size=crop, antialias=self.antialias,
+                                interp_type=types.INTERP_LINEAR)
+            else:
+                if decoded is None:  # decode ONCE, every view resamples its own ROI
+                    decoded = fn.decoders.image(jpegs, device=dec_dev, output_type=types.RGB, **dec_kw)
+                img = fn.resize(decoded, size=crop, roi_start=p["anchor"], roi_end=p["anchor"] + p["shape"],
+                                roi_relative=False, antialias=self.antialias,
+                                interp_type=types.INTERP_LINEAR)
+            if "brightness" in p:
+                hue = {"hue": p["hue"]} if "hue" in p else {}  # degrees
+                img = fn.color_twist(img, brightness=p["brightness"], contrast=p["contrast"],
+                                     saturation=p["saturation"], device=op_dev, **hue)
+            if "sigma" in p:
+                img = fn.gaussian_blur(img, sigma=p["sigma"], window_size=_BLUR_WINDOW, device=op_dev)
+            policy = self.policy != "none"
+            if "flip" in p and (policy or not self.normalize):  # else crop_mirror_normalize mirrors
+                img = fn.flip(img, horizontal=p["flip"], device=op_dev)
+            if policy:  # on the flipped uint8 view, as in the torch backend
+                img = self._apply_policy(img)
+            if self.normalize:
+                img = fn.crop_mirror_normalize(img, mirror=0 if policy else p.get("flip", 0), dtype=types.FLOAT,
+                                               output_layout="HWC",
+                                               mean=[255.0 * m for m in self.mean],
+                                               std=[255.0 * s for s in self.std], device=op_dev)
+            outs.append(img)
+        return outs
+
+    def _apply_policy(self, img):
+        """`augment.policy` with nvidia.dali.auto_aug on a uint8 HWC view of crop x crop pixels: fill 0
+        and nearest interpolation for the geometric operations, as torchvision's defaults. Its random
+        choices come from DALI's generator (seeded by the pipeline seed)."""
+        from nvidia.dali.auto_aug import auto_augment, rand_augment, trivial_augment
+
+        a = self.augment
+        kw = dict(shape=[self.crop, self.crop], fill_value=0, interp_type=self.types.INTERP_NN)
+        if self.policy == "randaugment":
+            return rand_augment.rand_augment(img, n=a.policy_num_ops, m=a.policy_magnitude,
+                                             num_magnitude_bins=a.policy_magnitude_bins, **kw)
+        if self.policy == "trivialaugment":
+            return trivial_augment.trivial_augment_wide(img, num_magnitude_bins=a.policy_magnitude_bins, **kw)
+        if self.policy == "autoaugment":
+            return auto_augment.auto_augment(img, policy_name=DALI_AUTOAUGMENT[a.autoaugment_policy], **kw)
+        raise ValueError(f"augment.policy: loader.backend=dali has no policy {self.policy!r}")
 
     # --- epochs (laid out by LoaderBackend.set_epoch) -----------------------------------------
     def epoch_counters(self) -> dict:

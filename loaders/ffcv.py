@@ -30,7 +30,8 @@ Design (why it looks like this):
 - **Per view** (`augment.views`): the RandomResizedCrop scale / ratio and the flip (files), or
   the pad-crop padding and the flip (arrays). Photometric augmentation (colour jitter, hue,
   grayscale, blur) is not done by this backend: it raises an error naming the keys (use the
-  torch or dali backend for those recipes).
+  torch or dali backend for those recipes). So is `augment.policy` (RandAugment & co.): refused
+  when the loader is built (`base.policy_refusal`). RandomErasing is the augmenter's, so it works here.
 """
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ GEOMETRY_SALT = 0xFFC  # this backend's stream of crop/flip draws (base.epoch_ge
 @register_backend("ffcv")
 class FfcvLoader(LoaderBackend):
     reads = ("arrays", "files")
+    # augment.policy: none only (the numba decoder draws crops and flips, no image ops); build_loader and
+    # the config check refuse the others by name (use loader.backend=torch or dali).
+    policies = ()
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -32,6 +32,9 @@ GEOMETRY_SALT = 424_242  # this backend's stream of crop/flip draws (base.epoch_
 class TensorLoader(LoaderBackend):
     # The whole uint8 array goes to the device: file datasets need a decoding backend.
     reads = ("arrays",)
+    # augment.policy: none only; build_loader (and the config check) refuse the others by name. Its
+    # draws are deferred crop/flip on the device, no uint8 image ops: use loader.backend=torch for policies.
+    policies = ()
 
     def __init__(self, dataset, samplers, *, batch_size: int, num_views: int, device, augment, loader,
                  train: bool, seed: int = 0):

@@ -6,6 +6,8 @@ image is decoded once and augmented into every view. The augmentation of a sampl
 function of (seed, epoch, slot in the epoch): each sample's draws run under its own seed (the
 process's RNG state is put back afterwards), so the images do not depend on the number of
 workers and a run resumed mid-epoch sees exactly the images an uninterrupted run would have seen.
+`augment.policy` (RandAugment / TrivialAugmentWide / AutoAugment, torchvision v2's, on uint8) runs
+last in each training view's pipeline, after the crop and flip, and under the same per-sample seed.
 """
 from __future__ import annotations
 
@@ -46,7 +48,28 @@ def build_transform(augment, train: bool, is_file_dataset: bool):
     elif is_file_dataset:  # "none" on a file dataset still needs a fixed size to batch
         ops.append(v2.Resize(augment.eval_resize, antialias=True))
         ops.append(v2.CenterCrop(augment.crop_size))
+    policy = policy_transform(augment)
+    if policy is not None:
+        ops.append(policy)
     return v2.Compose(ops) if ops else None
+
+
+def policy_transform(augment):
+    """torchvision v2's op for `augment.policy` (None for "none"), with its keys; on uint8 images,
+    fill 0 and nearest interpolation (torchvision's defaults)."""
+    from torchvision.transforms import v2
+
+    policy = getattr(augment, "policy", "none")
+    if policy == "none":
+        return None
+    if policy == "randaugment":
+        return v2.RandAugment(num_ops=augment.policy_num_ops, magnitude=augment.policy_magnitude,
+                              num_magnitude_bins=augment.policy_magnitude_bins)
+    if policy == "trivialaugment":
+        return v2.TrivialAugmentWide(num_magnitude_bins=augment.policy_magnitude_bins)
+    if policy == "autoaugment":
+        return v2.AutoAugment(policy=v2.AutoAugmentPolicy(augment.autoaugment_policy))
+    raise ValueError(f"augment.policy: loader.backend=torch has no policy {policy!r}")
 
 
 class _PadCrop(torch.nn.Module):
@@ -126,6 +149,7 @@ def _collate(items):
 class TorchLoader(LoaderBackend):
     # The reference backend: in-memory arrays and image files alike.
     reads = ("arrays", "files")
+    policies = ("randaugment", "trivialaugment", "autoaugment")  # torchvision v2's, per view (policy_transform)
 
     def __init__(self, dataset: LTDataset, samplers, *, batch_size: int, num_views: int, device,
                  augment, loader, train: bool, seed: int = 0):

@@ -260,3 +260,164 @@ def test_fused_kernel_on_cuda_matches_reference(size, geometry, dtype):
     (got_n,) = A.Augmenter(MEAN, STD, impl="auto").views(batch)  # auto -> Triton on CUDA
     (want_n,) = A.Augmenter(MEAN, STD, impl="torch").views(batch)
     torch.testing.assert_close(got_n, want_n, atol=1e-6, rtol=0)
+
+
+# --- RandomErasing (augment.random_erasing*) ---------------------------------------------------
+
+
+def _boxes(before: torch.Tensor, after: torch.Tensor) -> list[tuple[int, int, int, int] | None]:
+    """Per sample, the (top, left, h, w) bounding box of the changed pixels (None: unchanged)."""
+    out = []
+    for a, b in zip(before, after):
+        changed = (a != b).any(dim=0)
+        if not changed.any():
+            out.append(None)
+            continue
+        ys, xs = changed.nonzero(as_tuple=True)
+        out.append((int(ys.min()), int(xs.min()), int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)))
+    return out
+
+
+def _normalised(n: int, h: int = 32, w: int = 48, seed: int = 0) -> torch.Tensor:
+    """A normalised batch with no zero and no repeated value inside a row, so every erased pixel shows."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, h, w, generator=g) + 1.0
+
+
+def test_random_erasing_boxes_lie_inside_the_image_with_area_and_aspect_in_range():
+    x = _normalised(400)
+    scale, ratio = (0.02, 0.33), (0.3, 3.3)
+    out = A.random_erase(x, 1.0, torch.Generator().manual_seed(1), scale=scale, ratio=ratio)
+    boxes = _boxes(x, out)
+    area = 32 * 48
+    for b, (before, after) in zip(boxes, zip(x, out)):
+        assert b is not None  # p = 1 and these sizes always fit within 10 attempts here
+        top, left, h, w = b
+        assert 0 <= top and top + h <= 32 and 0 <= left and left + w <= 48
+        assert h < 32 and w < 48
+        # the changed region is exactly the box (const fill = 0; every pixel is >= 1 before)
+        assert torch.all(after[:, top: top + h, left: left + w] == 0)
+        assert int((after == 0).any(dim=0).sum()) == h * w
+        # h, w are sqrt(A r), sqrt(A / r) rounded: area A within scale, aspect r within ratio
+        assert (h - 0.5) * (w - 0.5) <= scale[1] * area and (h + 0.5) * (w + 0.5) >= scale[0] * area
+        assert (h - 0.5) / (w + 0.5) <= ratio[1] and (h + 0.5) / (w - 0.5) >= ratio[0]
+    sizes = torch.tensor([b[2] * b[3] for b in boxes], dtype=torch.float64) / area
+    assert sizes.min() < 0.05 and sizes.max() > 0.25  # the draws span the scale range
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_random_erasing_probability_is_respected(p):
+    n = 4000
+    x = _normalised(n, 16, 16)
+    out = A.random_erase(x, p, torch.Generator().manual_seed(7))
+    erased = sum(b is not None for b in _boxes(x, out)) / n
+    assert abs(erased - p) < 4 * math.sqrt(p * (1 - p) / n)  # 4 standard errors
+
+
+def test_random_erasing_fill_modes():
+    x = _normalised(64)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731 - the same draws for each mode
+    const = A.random_erase(x, 1.0, g(), mode="const")
+    rand = A.random_erase(x, 1.0, g(), mode="rand")
+    pixel = A.random_erase(x, 1.0, g(), mode="pixel")
+    boxes = _boxes(x, const)
+    assert _boxes(x, rand) == boxes  # the box draws do not depend on the mode
+    fills = []
+    for i, (top, left, h, w) in enumerate(boxes):
+        region = (slice(None), slice(top, top + h), slice(left, left + w))
+        assert torch.all(const[i][region] == 0)
+        r = rand[i][region]  # one value per channel, the same over the box
+        assert torch.all(r == r[:, :1, :1]) and not torch.all(r == 0)
+        fills.append(r[:, 0, 0])
+        q = pixel[i][region]  # per pixel: varies inside the box (boxes of >= 4 pixels here)
+        assert q.flatten(1).std(dim=1).min() > 0.2 and torch.equal(pixel[i][:, :top], x[i][:, :top])
+    fills = torch.cat(fills)
+    assert abs(float(fills.mean())) < 0.3 and 0.7 < float(fills.std()) < 1.3  # N(0, 1) per channel
+    assert pixel.dtype == rand.dtype == const.dtype == x.dtype
+    bf = A.random_erase(x.bfloat16(), 1.0, g(), mode="pixel")
+    assert bf.dtype == torch.bfloat16
+
+
+def test_random_erasing_keeps_the_input_and_its_memory_format():
+    x = _normalised(8).contiguous(memory_format=torch.channels_last)
+    keep = x.clone()
+    out = A.random_erase(x, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(x, keep) and not torch.equal(out, x)
+
+
+def _train_batch(n=16, views=1, key=(0, 0)):
+    x = images(n, seed=5)
+    return Batch(views=[x] * views, labels=torch.zeros(n, dtype=torch.long),
+                 stream=torch.zeros(n, dtype=torch.long), geometry=[None] * views, step_key=key)
+
+
+def test_augmenter_erasing_is_a_pure_function_of_seed_epoch_step_and_view():
+    er = A.RandomErasing(p=0.5, mode="pixel", seed=3)
+    aug = A.Augmenter(MEAN, STD, impl="torch", erasing=er)
+    a = aug.views(_train_batch(views=2, key=(2, 5)))
+    b = A.Augmenter(MEAN, STD, impl="torch", erasing=er).views(_train_batch(views=2, key=(2, 5)))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))  # same (seed, epoch, step): bit-identical
+    c = aug.views(_train_batch(views=2, key=(2, 6)))
+    assert not torch.equal(a[0], c[0])  # another step: other boxes
+    assert not torch.equal(a[0], a[1])  # the views draw independently
+    other = A.Augmenter(MEAN, STD, impl="torch", erasing=A.RandomErasing(p=0.5, mode="pixel", seed=4))
+    assert not torch.equal(other.views(_train_batch(key=(2, 5)))[0], a[0])
+    rank1 = A.Augmenter(MEAN, STD, impl="torch", erasing=A.RandomErasing(p=0.5, mode="pixel", seed=3, rank=1))
+    assert not torch.equal(rank1.views(_train_batch(key=(2, 5)))[0], a[0])
+
+
+def test_augmenter_never_erases_evaluation_batches_and_p0_is_bit_identical():
+    plain = A.Augmenter(MEAN, STD, impl="torch")
+    erasing = A.Augmenter(MEAN, STD, impl="torch", erasing=A.RandomErasing(p=1.0))
+    ev = _train_batch(key=None)  # evaluation: no step key
+    assert torch.equal(erasing.views(ev)[0], plain.views(ev)[0])
+    tr = _train_batch(key=(0, 1))
+    assert not torch.equal(erasing.views(tr)[0], plain.views(tr)[0])
+    # p = 0 builds no erasing object: the run's augmenter is today's
+    from fasttrain.build import build_augmenter
+    from fasttrain.config import RunConfig
+    ds = type("DS", (), {"mean": MEAN, "std": STD})()  # build_augmenter reads only the dataset's mean / std
+    cfg = RunConfig()
+    assert build_augmenter(cfg, ds, None, torch.device("cpu")).erasing is None
+    assert build_augmenter(cfg, ds, None, torch.device("cpu")) == plain.__class__(
+        MEAN, STD, impl=cfg.augment.mix_impl, channels_last=plain.channels_last)
+    cfg.augment.random_erasing, cfg.augment.random_erasing_mode = 0.25, "rand"
+    built = build_augmenter(cfg, ds, None, torch.device("cpu"), rank=2).erasing
+    assert (built.p, built.mode, built.scale, built.ratio, built.seed, built.rank) == (
+        0.25, "rand", (0.02, 0.33), (0.3, 3.3), cfg.seed, 2)
+
+
+def test_augmenter_erases_mixed_views_and_normalized_batches():
+    er = A.Augmenter(MEAN, STD, impl="torch", erasing=A.RandomErasing(p=1.0))
+    plain = A.Augmenter(MEAN, STD, impl="torch")
+    batch = _train_batch(n=8, views=2, key=(1, 1))
+    spec = A.MixSpec(lam=0.7, box=(0, 16, 0, 16), lam_cut=0.7)
+    idx = torch.arange(8)
+    got, want = er.mix_pairs(batch, spec, idx, idx.flip(0)), plain.mix_pairs(batch, spec, idx, idx.flip(0))
+    for g_, w_ in zip(got, want):
+        assert not torch.equal(g_, w_) and (g_ != w_).any(dim=1).flatten(1).any(dim=1).all()  # every row erased
+    norm = Batch(views=[_normalised(8)], labels=torch.zeros(8, dtype=torch.long),
+                 stream=torch.zeros(8, dtype=torch.long), normalized=True, step_key=(0, 0))
+    assert all(b is not None for b in _boxes(norm.views[0], er.views(norm)[0]))
+
+
+def test_train_step_marks_the_batch_with_epoch_and_step():
+    from fasttrain.methods import Progress
+    from fasttrain.step import Learner, train_step
+
+    seen = []
+
+    class Probe:
+        def loss(self, model, batch, progress):
+            seen.append(batch.step_key)
+            return model.weight.sum(), {}
+
+        def after_step(self, model, progress):
+            pass
+
+    model = torch.nn.Linear(1, 1)
+    learner = Learner(method=Probe(), model=model, forward_model=model,
+                      optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                      scaler=torch.amp.GradScaler("cpu", enabled=False), amp=None, device=torch.device("cpu"))
+    train_step(learner, _train_batch(key=None), Progress(3, 10, 7, 20))
+    assert seen == [(3, 7)]

@@ -306,3 +306,84 @@ def test_short_cpu_training_run(cifar10_root, tmp_path, monkeypatch, config, ext
     assert losses and all(math.isfinite(v) and v > 0 for v in losses), losses
     assert 0.0 <= summary["final"]["top1"] <= 100.0 and summary["final"]["many_classes"] == 8
     assert (tmp_path / config / "last.pt").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# loss.label_smoothing
+# --------------------------------------------------------------------------------------------
+
+
+def test_label_smoothing_turns_each_ce_loss_into_torch_smoothed_cross_entropy():
+    """ctx.label_smoothing (loss.label_smoothing) gives F.cross_entropy(label_smoothing=eps), values and
+    gradients: CE with class-balanced weights and the weighted mean (torch's weighted mean, weights on
+    the smoothed target), Balanced Softmax (its offset unchanged), LDAM-DRW (margin and scale unchanged)."""
+    from fasttrain.methods.ce import CEConfig, CrossEntropy
+
+    eps = 0.1
+    ctx = dataclasses.replace(context(), label_smoothing=eps)
+    z, y = logits_and_labels(seed=6)
+    ce = CrossEntropy(CEConfig(reweight="cb"), ctx)
+    w = ce.class_weights
+    assert_same(method_loss_and_grad(ce, z, y),
+                reference_loss_and_grad(lambda t: F.cross_entropy(t, y, weight=w, label_smoothing=eps), z))
+    log_n = torch.log(torch.tensor(COUNTS, dtype=torch.float64)).float()
+    assert_same(method_loss_and_grad(BalancedSoftmax(BalancedSoftmaxConfig(), ctx), z, y),
+                reference_loss_and_grad(lambda t: F.cross_entropy(t + log_n, y, label_smoothing=eps), z))
+    ldam = LDAMDRW(LDAMDRWConfig(reweight="cb"), ctx)
+    m, zc = ldam_margins(torch.tensor(COUNTS), 0.5), torch.tanh(z)
+
+    def smoothed_ldam(t):
+        out = torch.where(F.one_hot(y, 3).bool(), t - m[y][:, None], t)
+        return F.cross_entropy(30.0 * out, y, weight=ldam.cb_weights, label_smoothing=eps)
+
+    assert_same(method_loss_and_grad(ldam, zc, y), reference_loss_and_grad(smoothed_ldam, zc))
+    # The smoothing is really on: eps = 0 is the plain weighted CE.
+    assert not torch.allclose(method_loss_and_grad(ce, z, y)[0], F.cross_entropy(z, y, weight=w))
+
+
+def test_a_run_with_loss_label_smoothing_trains_the_smoothed_cross_entropy(tmp_path):
+    """The config key reaches the method through the run builder: one training batch of a tiny CE run
+    gives the loss F.cross_entropy(label_smoothing=eps) gives on the model's logits."""
+    from helpers import lt_arrays
+
+    from fasttrain.build import build_run
+    from fasttrain.config import config_from_dict
+
+    ds = lt_arrays()
+    cfg = config_from_dict({"device": "cpu", "out_dir": str(tmp_path), "method": {"name": "ce"},
+                            "loss": {"label_smoothing": 0.2}, "model": {"arch": "resnet32"},
+                            "loader": {"backend": "tensor", "batch_size": 8},
+                            "train": {"amp": "fp32", "loss_impl": "torch"}}, "test")
+    run = build_run(cfg, training=True, datasets=(ds, ds))
+    assert run.method.ctx.label_smoothing == 0.2
+    run.model.train()
+    run.train_loader.set_epoch(0)
+    batch = next(iter(run.train_loader))
+    loss, logs = run.method.loss(run.model, batch, Progress(0, 1))
+    (x,) = run.augmenter.views(batch)
+    logits = run.model(x).float()
+    torch.testing.assert_close(loss, F.cross_entropy(logits, batch.labels, label_smoothing=0.2))
+    assert not torch.allclose(loss, F.cross_entropy(logits, batch.labels))
+
+
+def test_label_smoothing_is_applied_or_refused_by_name_per_method():
+    """Every built-in method that trains applies it; the losses that are not the soft-label CE refuse a
+    non-zero value naming why; a post-hoc stage (nothing trained) accepts the run's value; a value
+    outside [0, 1] is a config error."""
+    from fasttrain.config import config_from_dict
+
+    def config(method: str, eps: float = 0.1, **keys):
+        epochs = 0 if not METHODS[method].stage.trains else 1
+        return config_from_dict({"method": {"name": method, **keys}, "loss": {"label_smoothing": eps},
+                                 "train": {"epochs": epochs}}, "test")
+
+    assert all(cls.applies_label_smoothing or not cls.stage.trains for cls in METHODS.values())
+    assert config("ce").loss.label_smoothing == 0.1 and config("tau_norm").loss.label_smoothing == 0.1
+    assert config("maxnorm", loss="cb_ce").loss.label_smoothing == 0.1
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing: got 0.1, but method ce with method.focal_gamma"):
+        config("ce", focal_gamma=2.0)
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing: got 0.1, but method maxnorm .*cb_softmax_bce"):
+        config("maxnorm")
+    assert config("ce", eps=0.0, focal_gamma=2.0).loss.label_smoothing == 0.0
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing: expected a value in \[0, 1\], got 1.5"):
+        config("ce", eps=1.5)

@@ -141,3 +141,51 @@ def test_configs_lists_whole_sentences_wrapped_to_the_terminal(monkeypatch, caps
     assert len(block) > 1  # wrapped, not cut
     assert "Kang et al. 2020) / 44.4 with ResNeXt-50 (METHODS.md §2.14, recalled)" in " ".join(
         line.strip() for line in block)
+
+
+# --- augment.policy / augment.random_erasing --------------------------------------------------------
+
+
+def test_augment_policy_keys_default_to_torchvisions_and_off():
+    from fasttrain.config import AugmentConfig
+
+    aug = AugmentConfig()
+    assert (aug.policy, aug.policy_num_ops, aug.policy_magnitude, aug.policy_magnitude_bins,
+            aug.autoaugment_policy) == ("none", 2, 9, 31, "imagenet")
+    assert (aug.random_erasing, aug.random_erasing_mode, aug.random_erasing_scale,
+            aug.random_erasing_ratio) == (0.0, "const", [0.02, 0.33], [0.3, 3.3])
+
+
+@pytest.mark.parametrize("override,key,words", [
+    ("augment.policy=randaugmnt", "augment.policy", "did you mean 'randaugment'"),
+    ("augment.policy_num_ops=0", "augment.policy_num_ops", ">= 1"),
+    ("augment.autoaugment_policy=cifar100", "augment.autoaugment_policy", "cifar10"),
+    ("augment.random_erasing=1.5", "augment.random_erasing", "in [0, 1]"),
+    ("augment.random_erasing_mode=noise", "augment.random_erasing_mode", "const"),
+    ("augment.random_erasing_scale=[0.5,0.1]", "augment.random_erasing_scale", "0 < low <= high <= 1"),
+    ("augment.random_erasing_ratio=[0,1]", "augment.random_erasing_ratio", "0 < low <= high"),
+])
+def test_augment_policy_and_erasing_values_are_checked_naming_the_key(tmp_path, override, key, words):
+    p = write(tmp_path, "c.yaml", {"augment": {"policy": "randaugment"}})
+    with pytest.raises(ConfigError) as exc:
+        load_config(p, [override])
+    assert key in str(exc.value) and words in str(exc.value)
+
+
+def test_randaugment_magnitude_must_be_a_bin(tmp_path):
+    p = write(tmp_path, "c.yaml", {"augment": {"policy": "randaugment", "policy_magnitude": 31}})
+    with pytest.raises(ConfigError, match="augment.policy_magnitude: expected a bin below "
+                                          "augment.policy_magnitude_bins=31"):
+        load_config(p)
+    assert load_config(p, ["augment.policy_magnitude_bins=32"]).augment.policy_magnitude == 31
+
+
+@pytest.mark.parametrize("backend", ["tensor", "ffcv"])
+def test_a_backend_that_cannot_apply_a_policy_refuses_it_in_the_config(tmp_path, backend):
+    p = write(tmp_path, "c.yaml", {"loader": {"backend": backend}, "augment": {"policy": "trivialaugment"}})
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert (f"loader.backend={backend} cannot apply augment.policy=trivialaugment; use loader.backend=torch or dali"
+            in str(exc.value))
+    cfg = load_config(p, ["augment.policy=none", "augment.random_erasing=0.25"])  # erasing works everywhere
+    assert cfg.augment.random_erasing == 0.25

@@ -249,3 +249,44 @@ def test_gpu_normalized_single_view(corpus):
                     loader=LoaderConfig(dali_normalize=True), train=True, seed=0)
     b = next(iter(ld))
     assert b.normalized and b.views[0].is_cuda and b.views[0].dtype == torch.float32
+
+
+# --- augment.policy (nvidia.dali.auto_aug) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "trivialaugment", "autoaugment"])
+def test_policy_applies_after_the_crop_in_every_output_path(corpus, policy):
+    """The policy runs on the cropped, flipped uint8 view: with ROI decoding (1 view), decode-once
+    (2 views) and normalised output; the crops themselves are the policy-free ones (host draws)."""
+    plain = next(iter(_loader(corpus, [_sampler(corpus)], views=2))).views
+    got = next(iter(_loader(corpus, [_sampler(corpus)], views=2, aug=_aug(policy=policy)))).views
+    for a, b in zip(plain, got):
+        assert b.dtype == torch.uint8 and b.shape == a.shape and not torch.equal(a, b)
+    one = next(iter(_loader(corpus, [_sampler(corpus)], aug=_aug(policy=policy))))
+    assert one.views[0].shape == (8, 3, 64, 64)
+    f = next(iter(_loader(corpus, [_sampler(corpus)], aug=_aug(policy=policy), dali_normalize=True)))
+    assert f.normalized and f.views[0].dtype == torch.float32 and torch.isfinite(f.views[0]).all()
+    ev = next(iter(_loader(corpus, None, train=False, aug=_aug(policy=policy))))  # eval: no policy
+    assert torch.equal(ev.views[0], next(iter(_loader(corpus, None, train=False))).views[0])
+
+
+def test_policy_keys_reach_dali(corpus):
+    """RandAugment's magnitude is used: magnitude 0 changes less than magnitude 30 (same seed)."""
+    base = torch.cat([b.views[0] for b in _loader(corpus, [_sampler(corpus)])]).float()
+
+    def change(m):
+        ld = _loader(corpus, [_sampler(corpus)], aug=_aug(policy="randaugment", policy_magnitude=m, policy_num_ops=3))
+        return (torch.cat([b.views[0] for b in ld]).float() - base).abs().mean()
+
+    assert change(0) < change(30)
+
+
+@pytest.mark.gpu
+def test_gpu_policy_pipeline(corpus):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    for policy in ("randaugment", "trivialaugment", "autoaugment"):
+        ld = DaliLoader(corpus, [_sampler(corpus)], batch_size=8, num_views=2, device="cuda",
+                        augment=_aug(policy=policy), loader=LoaderConfig(), train=True, seed=0)
+        b = next(iter(ld))
+        assert all(v.is_cuda and v.dtype == torch.uint8 and v.shape == (8, 3, 64, 64) for v in b.views)

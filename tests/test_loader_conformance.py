@@ -11,6 +11,7 @@ fast). What each backend does beyond the contract is tested in its own file.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from helpers import glmc_samplers, jpeg_corpus, lt_arrays, make_sampler
 
 from fasttrain.config import AugmentConfig, LoaderConfig
 from fasttrain.data.index import LTDataset
-from fasttrain.loaders import BACKENDS, backend_status, build_loader, loader_class
+from fasttrain.loaders import AUGMENT_POLICIES, BACKENDS, backend_status, build_loader, loader_class
 from fasttrain.loaders.base import LoaderBackend
 
 KINDS = ("arrays", "files")
@@ -69,11 +70,11 @@ class Case:
         return torch.as_tensor(self.dataset.labels)
 
     def loader(self, samplers, *, batch_size: int, views: int = 1, train: bool = True, drop_last: bool = False,
-               seed: int = 0, backend: str | None = None):
+               seed: int = 0, backend: str | None = None, augment: AugmentConfig | None = None):
         name = backend or self.backend
         cfg = LoaderConfig(backend=name, num_workers=0, dali_threads=2, drop_last=drop_last)
         return build_loader(name, self.dataset, samplers, batch_size=batch_size, num_views=views, device=DEVICE,
-                            augment=AUGMENT[self.kind], loader=cfg, train=train, seed=seed)
+                            augment=augment or AUGMENT[self.kind], loader=cfg, train=train, seed=seed)
 
     def sampler(self, kind: str = "instance", seed: int = 0, **kw):
         return make_sampler(self.dataset, kind, seed, **kw)
@@ -325,3 +326,34 @@ def test_same_steps_and_eval_pixels_as_the_torch_backend(case):
             assert (gv.float() - rv.float()).abs().mean() < 1.0  # measured: 0.11 (DALI)
             (gm, gs), (rm, rs) = _channel_stats(gv), _channel_stats(rv)
             assert (gm - rm).abs().max() < 0.5 and (gs - rs).abs().max() < 0.5  # measured: < 0.002
+
+
+# --- augmentation policies ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [p for p in AUGMENT_POLICIES if p != "none"])
+def test_each_policy_is_applied_or_refused_by_name(case, policy):
+    """`augment.policy` is never ignored: a backend either applies it (its training views differ from
+    the policy-free views of the same seed, and are still uint8 images of the view size) or refuses
+    it when built, naming the backend and the policy. Evaluation loaders never apply it."""
+    augment = dataclasses.replace(AUGMENT[case.kind], policy=policy)
+
+    def first_views(aug, train=True):
+        ld = case.loader([case.sampler(seed=3)] if train else None, batch_size=16, views=2, seed=3,
+                         augment=aug, train=train)
+        return next(iter(ld)).views
+
+    applies = policy in loader_class(case.backend).policies
+    if not applies:
+        with pytest.raises(ValueError) as exc:
+            first_views(augment)
+        assert f"loader.backend={case.backend}" in str(exc.value) and f"augment.policy={policy}" in str(exc.value)
+        return
+    plain, got = first_views(AUGMENT[case.kind]), first_views(augment)
+    for a, b in zip(plain, got):
+        assert b.dtype == torch.uint8 and b.shape == a.shape == (16, 3, *case.view_hw)
+        assert b.is_contiguous(memory_format=torch.channels_last)
+        changed = (a != b).flatten(1).any(dim=1)
+        assert changed.any(), f"loader.backend={case.backend} ignored augment.policy={policy}"
+    for a, b in zip(first_views(AUGMENT[case.kind], train=False), first_views(augment, train=False)):
+        assert torch.equal(a, b)  # evaluation is never augmented

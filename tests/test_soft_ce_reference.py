@@ -183,6 +183,89 @@ def test_impl_switch_and_module():
     torch.testing.assert_close(mod(z, y), ref(z, y_a=y, temperature=2.0, reduction="sum"))
 
 
+# --- label smoothing ---------------------------------------------------------------------------------
+
+
+def smoothed(t: torch.Tensor, eps: float) -> torch.Tensor:
+    """The smoothed target, written out: (1 - eps) t + eps / C on every class."""
+    return (1.0 - eps) * t.float() + eps / t.shape[1]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.05, 0.1, 0.3, 1.0])
+def test_label_smoothing_hard_labels_equal_torch_cross_entropy(eps):
+    """Values and gradients of F.cross_entropy(label_smoothing=eps), without and with class weights
+    (torch weights the smoothed target per class too: "sum" is its weighted sum, "mean" divides by B)."""
+    g = torch.Generator().manual_seed(40)
+    z, y, w = torch.randn(33, 17, generator=g) * 3, torch.randint(0, 17, (33,), generator=g), torch.rand(17, generator=g)
+    for ours, theirs in [
+        (dict(), dict()),
+        (dict(reduction="none"), dict(reduction="none")),
+        (dict(class_weights=w, reduction="sum"), dict(weight=w, reduction="sum")),
+        (dict(class_weights=w, reduction="none"), dict(weight=w, reduction="none")),
+    ]:
+        got = value_and_grad(ref, z, y_a=y, label_smoothing=eps, **ours)
+        want = value_and_grad(lambda zz: F.cross_entropy(zz, y, label_smoothing=eps, **theirs), z)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    got = ref(z, y_a=y, class_weights=w, label_smoothing=eps)
+    torch.testing.assert_close(got, F.cross_entropy(z, y, weight=w, reduction="sum", label_smoothing=eps) / 33)
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.45])
+def test_label_smoothing_mixed_dense_weights_offsets_against_hand_formula(eps):
+    """Mixed targets: the mix of the two smoothed one-hots (timm's MixUp + smoothing) = the smoothed mix;
+    dense targets smoothed the same way (torch's class-probability CE); weights on the smoothed target
+    (t~_c w_c); logit offsets, temperature and T^2 act as without smoothing."""
+    g = torch.Generator().manual_seed(41)
+    B, C = 19, 23
+    z = torch.randn(B, C, generator=g) * 3
+    ya, yb = torch.randint(0, C, (B,), generator=g), torch.randint(0, C, (B,), generator=g)
+    lam = torch.rand(B, generator=g)
+    w, b = torch.rand(C, generator=g) + 0.1, torch.randn(C, generator=g)
+    dense = torch.softmax(torch.randn(B, C, generator=g), 1)
+    lam_c = lam[:, None]
+    timm_mix = lam_c * smoothed(F.one_hot(ya, C), eps) + (1 - lam_c) * smoothed(F.one_hot(yb, C), eps)
+    torch.testing.assert_close(timm_mix, smoothed(mix_targets(ya, yb, lam, C), eps))
+    cases = [
+        (dict(y_a=ya), smoothed(F.one_hot(ya, C), eps), dict(class_weights=w, logit_offset=b)),
+        (dict(y_a=ya, y_b=yb, lam=0.37), smoothed(mix_targets(ya, yb, 0.37, C), eps), dict(class_weights=w, reduction="sum")),
+        (dict(y_a=ya, y_b=yb, lam=lam), timm_mix, dict(logit_offset=b, temperature=2.5, t2_scale=True, reduction="none")),
+        (dict(y_a=ya, y_b=yb, lam=lam), timm_mix, dict(class_weights=w, reduction="none")),
+        (dict(targets=dense), smoothed(dense, eps), dict(class_weights=w, logit_offset=b, temperature=0.7)),
+    ]
+    for target_kw, t, opts in cases:
+        got = value_and_grad(ref, z, label_smoothing=eps, **target_kw, **opts)
+        nkw = {"w": opts.get("class_weights"), "b": opts.get("logit_offset"), "T": opts.get("temperature", 1.0),
+               "t2": opts.get("t2_scale", False), "reduction": opts.get("reduction", "mean")}
+        want = value_and_grad(lambda zz: naive(zz, t, **nkw), z)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    # Dense targets are smoothed as torch smooths class probabilities (weights included).
+    torch.testing.assert_close(ref(z, targets=dense, class_weights=w, reduction="sum", label_smoothing=eps),
+                               F.cross_entropy(z, dense, weight=w, reduction="sum", label_smoothing=eps))
+    # The weighted formula, by hand: (1 - eps) * [loss of t] - eps / C * sum_c w_c logp_c.
+    logp = torch.log_softmax(z, 1)
+    by_hand = -(1 - eps) * w[ya] * logp.gather(1, ya[:, None])[:, 0] - eps / C * (w * logp).sum(1)
+    torch.testing.assert_close(ref(z, y_a=ya, class_weights=w, reduction="none", label_smoothing=eps), by_hand)
+
+
+def test_label_smoothing_zero_is_the_unsmoothed_loss_bit_for_bit_and_bad_values_raise():
+    g = torch.Generator().manual_seed(42)
+    z, ya, yb = torch.randn(9, 12, generator=g), torch.randint(0, 12, (9,), generator=g), torch.randint(0, 12, (9,), generator=g)
+    w, dense = torch.rand(12, generator=g), torch.softmax(torch.randn(9, 12, generator=g), 1)
+    for kw in (dict(y_a=ya), dict(y_a=ya, y_b=yb, lam=0.3, class_weights=w), dict(targets=dense, class_weights=w)):
+        a, b = value_and_grad(ref, z, **kw), value_and_grad(ref, z, label_smoothing=0.0, **kw)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\]"):
+            soft_target_cross_entropy(z, y_a=ya, label_smoothing=bad)
+        with pytest.raises(ValueError, match="label_smoothing"):
+            SoftTargetCrossEntropy(label_smoothing=bad)
+    mod = SoftTargetCrossEntropy(class_weights=w, label_smoothing=0.2, reduction="sum")
+    torch.testing.assert_close(mod(z, ya), F.cross_entropy(z, ya, weight=w, reduction="sum", label_smoothing=0.2))
+    assert "label_smoothing=0.2" in repr(mod) and "label_smoothing" not in repr(SoftTargetCrossEntropy())
+
+
 def test_triton_kernel_compiles_for_sm90_without_gpu():
     """The interpreter does not catch compile-mode errors (scoping, types): build real cubins."""
     triton = pytest.importorskip("triton")
@@ -196,9 +279,9 @@ def test_triton_kernel_compiles_for_sm90_without_gpu():
     from fasttrain.kernels.soft_ce import triton_kernel as tk
 
     fn = tk._soft_ce_kernel
-    constexpr_names = {"SPARSE", "HAS_YB", "LAM_IS_PTR", "HAS_W", "HAS_OFF", "COMPUTE_LOSS", "WRITE_GRAD",
+    constexpr_names = {"SPARSE", "HAS_YB", "LAM_IS_PTR", "HAS_W", "HAS_OFF", "SMOOTH", "COMPUTE_LOSS", "WRITE_GRAD",
                        "LSE_GIVEN", "HAS_GO", "BLOCK_B", "BLOCK_C", "ONE_CHUNK"}
-    floats = {"lam_value", "inv_T", "loss_mult", "grad_mult"}
+    floats = {"lam_value", "inv_T", "loss_mult", "grad_mult", "smooth_keep", "smooth_u"}
     sig = {}
     for n in fn.arg_names:
         if n in constexpr_names:
@@ -211,9 +294,9 @@ def test_triton_kernel_compiles_for_sm90_without_gpu():
             sig[n] = "*fp32"
         else:
             sig[n] = "fp32" if n in floats else "i32"
-    for sparse, one_chunk, lse_given in itertools.product([True, False], repeat=3):
+    for sparse, one_chunk, lse_given, smooth in itertools.product([True, False], repeat=4):
         block_b, block_c, warps = (1, 8192, 16) if one_chunk else (4, 256, 2)
-        const = dict(SPARSE=sparse, HAS_YB=True, LAM_IS_PTR=True, HAS_W=True, HAS_OFF=True,
+        const = dict(SPARSE=sparse, HAS_YB=True, LAM_IS_PTR=True, HAS_W=True, HAS_OFF=True, SMOOTH=smooth,
                      COMPUTE_LOSS=not lse_given, WRITE_GRAD=True, LSE_GIVEN=lse_given, HAS_GO=lse_given,
                      BLOCK_B=block_b, BLOCK_C=block_c, ONE_CHUNK=one_chunk)
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=GPUTarget("cuda", 90, 32),
@@ -244,7 +327,11 @@ def test_triton_matches_reference_on_gpu(C, B, dtype):
     cases = [dict(y_a=ya),
              dict(y_a=ya, y_b=yb, lam=0.37, class_weights=w),  # GLMC's reweighted mixed-label term
              dict(y_a=ya, y_b=yb, lam=torch.rand(B, device="cuda", generator=g), class_weights=w, logit_offset=b),
-             dict(targets=dense, temperature=2.0, t2_scale=True, reduction="sum")]
+             dict(targets=dense, temperature=2.0, t2_scale=True, reduction="sum"),
+             # label smoothing: hard labels; mixed with weights (the uniform part weighted); dense
+             dict(y_a=ya, label_smoothing=0.1),
+             dict(y_a=ya, y_b=yb, lam=torch.rand(B, device="cuda", generator=g), class_weights=w, label_smoothing=0.2),
+             dict(targets=dense, class_weights=w, label_smoothing=0.1, reduction="sum")]
     for kw in cases:
         for grad_mode in ("recompute", "fused"):
             outs = []

@@ -171,3 +171,89 @@ def test_no_grad_forward_allocates_no_gradient():
 def test_matches_reference_large(kind):
     z, kw = make_case(513, 8142, kind, ("w", "b", "T"), seed=8142)
     compare(z, kw, grad_mode="recompute", reduction="mean")
+
+
+# --- label smoothing: targets (1 - eps) t + eps / C, class weights on the smoothed target --------------
+
+SMOOTH_CASES = [
+    (kind, OPTION_SETS[i % 4], grad_mode, (0.1, 0.35, 1.0)[i % 3], ("mean", "sum", "none")[i % 3])
+    for i, (kind, grad_mode) in enumerate(itertools.product(TARGET_KINDS, ("recompute", "fused")))
+]
+
+
+@pytest.mark.parametrize("kind,opts,grad_mode,eps,reduction", SMOOTH_CASES)
+def test_label_smoothing_matches_reference_one_chunk(kind, opts, grad_mode, eps, reduction):
+    z, kw = make_case(7, 100, kind, opts, seed=101 + len(opts))
+    compare(z, dict(kw, label_smoothing=eps), grad_mode=grad_mode, reduction=reduction)
+
+
+@pytest.mark.parametrize("kind", TARGET_KINDS)
+@pytest.mark.parametrize("grad_mode", ["recompute", "fused"])
+def test_label_smoothing_matches_reference_multi_chunk(monkeypatch, kind, grad_mode):
+    monkeypatch.setattr(tk, "MAX_BLOCK_C", 64)  # several chunks and a ragged tail: the uniform part re-based
+    z, kw = make_case(5, 200, kind, ("w", "b", "T"), seed=200)
+    z[:, -1] += 20.0
+    compare(z, dict(kw, label_smoothing=0.15), grad_mode=grad_mode, reduction="none")
+
+
+@pytest.mark.parametrize("max_block", [8192, 16])
+def test_label_smoothing_equals_torch_cross_entropy(monkeypatch, max_block):
+    """Hard labels through the kernel give F.cross_entropy(label_smoothing=eps), values and gradients;
+    with class weights the "sum" is torch's weighted sum (weights on the smoothed target)."""
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(tk, "MAX_BLOCK_C", max_block)
+    g = torch.Generator().manual_seed(21)
+    z, y, w = torch.randn(9, 40, generator=g) * 3, torch.randint(0, 40, (9,), generator=g), torch.rand(40, generator=g)
+    z, y, w = z.to(DEV), y.to(DEV), w.to(DEV)
+    for eps in (0.05, 0.4):
+        for weights, reduction in ((None, "mean"), (w, "sum")):
+            grads = []
+            for fn in (lambda zz: soft_target_cross_entropy(zz, y_a=y, class_weights=weights, reduction=reduction,
+                                                            label_smoothing=eps, impl="triton"),
+                       lambda zz: F.cross_entropy(zz, y, weight=weights, reduction=reduction, label_smoothing=eps)):
+                zz = z.clone().requires_grad_()
+                out = fn(zz)
+                out.backward()
+                grads.append((out.detach(), zz.grad))
+            torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_block", [8192, 8])
+def test_label_smoothing_neg_inf_zero_weights_and_mixed_extremes(monkeypatch, max_block):
+    """A -inf logit gets eps / C of the target: the loss is +inf (as in torch) but nothing is NaN; a
+    class with weight 0 carries no mass, so its -inf logit costs nothing; lam at 0 / 1 and y_a == y_b."""
+    monkeypatch.setattr(tk, "MAX_BLOCK_C", max_block)
+    g = torch.Generator().manual_seed(22)
+    z = torch.randn(4, 20, generator=g)
+    z[0, :15] = float("-inf")
+    z[2, 7] = float("-inf")
+    ya, yb = torch.tensor([16, 4, 2, 5]), torch.tensor([3, 3, 7, 5])
+    lam = torch.tensor([1.0, 0.5, 1.0, 0.3])
+    v, grad = compare(z, dict(y_a=ya, y_b=yb, lam=lam, label_smoothing=0.1), reduction="none")
+    assert v[0] == float("inf") and v[2] == float("inf") and torch.isfinite(v[[1, 3]]).all()
+    assert not torch.isnan(grad).any()
+    w = torch.rand(20, generator=g) + 0.1
+    w[:15] = 0.0
+    w[7] = 0.0
+    v, grad = compare(z, dict(y_a=ya, y_b=yb, lam=lam, class_weights=w, label_smoothing=0.1), reduction="none",
+                      grad_mode="fused")
+    assert torch.isfinite(v).all() and torch.isfinite(grad).all()
+    zf = torch.randn(6, 30, generator=g)
+    ya, yb = torch.randint(0, 30, (6,), generator=g), torch.randint(0, 30, (6,), generator=g)
+    for lam in (0.0, 1.0):
+        compare(zf, dict(y_a=ya, y_b=yb, lam=lam, label_smoothing=0.2))
+    compare(zf, dict(y_a=ya, y_b=ya, lam=0.3, label_smoothing=0.2))
+
+
+def test_label_smoothing_zero_launches_the_unsmoothed_kernel():
+    """eps = 0 is the kernel without smoothing: identical values, lse and target mass."""
+    z, kw = make_case(7, 50, "mix_rows", ("w",), seed=23)
+    args = (z, kw["y_a"], kw["y_b"], kw["lam"].float(), 1.0, None, kw["class_weights"], None, 1.0, False)
+    plain, zero = tk.forward(tk.prepare(*args)), tk.forward(tk.prepare(*args, label_smoothing=0.0))
+    for a, b in zip(plain[:3], zero[:3]):
+        assert torch.equal(a, b)
+    smoothed = tk.forward(tk.prepare(*args, label_smoothing=0.1))
+    w = kw["class_weights"]
+    torch.testing.assert_close(smoothed[2], 0.9 * plain[2] + 0.1 / 50 * w.sum())  # mass of the smoothed target

@@ -51,3 +51,45 @@ def test_file_decoding_is_quiet_even_when_deprecations_are_errors(tmp_path):
         warnings.simplefilter("error", DeprecationWarning)
         batches = list(loader)
     assert sum(b.size for b in batches) == len(ds)
+
+
+def test_policies_are_torchvisions_with_their_keys_last_in_each_view():
+    from torchvision.transforms import v2
+
+    ra = torch_backend.build_transform(AugmentConfig(train="imagenet", policy="randaugment", policy_num_ops=3,
+                                                     policy_magnitude=5, policy_magnitude_bins=11), True, True)
+    op = ra.transforms[-1]
+    assert isinstance(op, v2.RandAugment) and (op.num_ops, op.magnitude, op.num_magnitude_bins) == (3, 5, 11)
+    assert isinstance(ra.transforms[0], v2.RandomResizedCrop)  # the policy comes after the crop / flip
+    ta = torch_backend.build_transform(AugmentConfig(policy="trivialaugment"), True, False).transforms[-1]
+    assert isinstance(ta, v2.TrivialAugmentWide) and ta.num_magnitude_bins == 31
+    aa = torch_backend.build_transform(AugmentConfig(policy="autoaugment", autoaugment_policy="cifar10"),
+                                       True, False).transforms[-1]
+    assert isinstance(aa, v2.AutoAugment) and aa.policy == v2.AutoAugmentPolicy.CIFAR10
+    assert torch_backend.build_transform(AugmentConfig(train="none", policy="autoaugment"), False, False) is None
+    none = torch_backend.build_transform(AugmentConfig(train="cifar"), True, False)
+    assert not any(isinstance(t, (v2.RandAugment, v2.TrivialAugmentWide, v2.AutoAugment)) for t in none.transforms)
+
+
+def test_policy_draws_are_a_pure_function_of_seed_epoch_and_slot():
+    """RandAugment's draws run under the per-sample seed: the same images with or without workers,
+    and a resumed epoch (state_dict) continues with exactly the uninterrupted run's images."""
+    ds = lt_arrays()
+    aug = AugmentConfig(train="cifar", policy="randaugment")
+
+    def loader(workers=0):
+        ld = make(ds, [make_sampler(ds, "instance", seed=3)], workers=workers, augment=aug, seed=2)
+        ld.set_epoch(1)
+        return ld
+
+    full = [b.views[0] for b in loader()]
+    assert torch.equal(full[0], next(iter(loader(workers=2))).views[0])
+    run = loader()
+    it = iter(run)
+    next(it), next(it)
+    state = run.state_dict()
+    it.close()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [b.views[0] for b in resumed]
+    assert len(rest) == len(full) - 2 and all(torch.equal(a, b) for a, b in zip(rest, full[2:]))

@@ -131,6 +131,8 @@ class MethodContext:
     augmenter: Augmenter  # uint8 views -> normalised / mixed model inputs (the one owner)
     device: torch.device
     loss_impl: str = "auto"  # fused loss kernel dispatch: auto | triton | torch
+    # loss.label_smoothing: eps of the method's soft-label CE terms (pass it as `label_smoothing=`)
+    label_smoothing: float = 0.0
     seed: int = 0
     default_stream: StreamSpec | None = None  # from loader.sampler / sampler_q / class_aware_k
     # Rows per stream of one step over all processes (loader.batch_size x world size) when this
@@ -186,6 +188,18 @@ class Method:
     # reaches every trainable parameter, and the search over the graph DDP would do costs time
     # every step. A method whose loss skips some trainable parameters on some steps sets True.
     ddp_find_unused_parameters: ClassVar[bool] = False
+    # The method's loss passes ctx.label_smoothing (loss.label_smoothing) to its soft-label
+    # cross-entropy terms. False: the config refuses a non-zero value for this method rather than
+    # ignore it (see `label_smoothing_refusal`).
+    applies_label_smoothing: ClassVar[bool] = False
+
+    @classmethod
+    def label_smoothing_refusal(cls, cfg: MethodConfig) -> str | None:
+        """Why this method, configured by `cfg`, cannot apply a non-zero loss.label_smoothing (the
+        config refuses it with this reason), or None when its loss applies it."""
+        if cls.applies_label_smoothing:
+            return None
+        return f"method {cls.name} has no soft-label cross-entropy term to smooth"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -62,6 +62,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weights
 
 @register("ce", CEConfig)
 class CrossEntropy(Method):
+    applies_label_smoothing = True
     # Per-class offset added to the logits in the training loss only (Balanced Softmax,
     # Logit Adjustment subclass this and set it); None = plain CE.
     train_offset: torch.Tensor | None = None
@@ -71,6 +72,13 @@ class CrossEntropy(Method):
         self.class_weights = None
         if cfg.reweight == "cb":
             self.class_weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
+
+    @classmethod
+    def label_smoothing_refusal(cls, cfg: CEConfig) -> str | None:
+        if cfg.focal_gamma > 0:
+            return (f"method {cls.name} with method.focal_gamma > 0 trains the focal loss, not the soft-label "
+                    "cross-entropy")
+        return super().label_smoothing_refusal(cfg)
 
     def new_model(self, backbone: nn.Module) -> nn.Module:
         return Classifier(backbone, self.ctx.num_classes)
@@ -84,5 +92,6 @@ class CrossEntropy(Method):
                               cfg.focal_pt)
         else:
             loss = weighted_cross_entropy(logits, batch.labels, self.class_weights, cfg.weighted_mean,
-                                          impl=self.ctx.loss_impl, logit_offset=self.train_offset)
+                                          impl=self.ctx.loss_impl, logit_offset=self.train_offset,
+                                          label_smoothing=self.ctx.label_smoothing)
         return loss, {"loss": loss.detach()}

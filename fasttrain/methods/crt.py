@@ -27,6 +27,7 @@ class CRTConfig(HeadRetrainConfig):
 
 @register("crt", CRTConfig)
 class CRT(HeadRetraining):
+    applies_label_smoothing = True
 
     def prepare(self, model: nn.Module) -> None:
         head = self.head_of(model)
@@ -37,5 +38,6 @@ class CRT(HeadRetraining):
     def loss(self, model, batch, progress: Progress):
         (x,) = self.ctx.augmenter.views(batch)
         logits = self.head_of(model)(self.features(model, x))
-        loss = soft_target_cross_entropy(logits, y_a=batch.labels, impl=self.ctx.loss_impl)
+        loss = soft_target_cross_entropy(logits, y_a=batch.labels, impl=self.ctx.loss_impl,
+                                         label_smoothing=self.ctx.label_smoothing)
         return loss, {"loss": loss.detach()}

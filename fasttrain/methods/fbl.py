@@ -60,6 +60,7 @@ def balanced_logits(logits: torch.Tensor, features: torch.Tensor, stimulus: torc
 
 @register("fbl", FBLConfig)
 class FBL(Method):
+    applies_label_smoothing = True
 
     def __init__(self, cfg: FBLConfig, ctx):
         super().__init__(cfg, ctx)
@@ -83,5 +84,6 @@ class FBL(Method):
         logits, features = model(x, with_features=True)
         t = curriculum(progress.epoch, progress.epochs, cfg.curriculum)  # host float: no sync
         z = balanced_logits(logits, features, self.stimulus, t * cfg.stimulus_scale)
-        loss = soft_target_cross_entropy(z, y_a=y_a, y_b=y_b, lam=lam, impl=self.ctx.loss_impl)
+        loss = soft_target_cross_entropy(z, y_a=y_a, y_b=y_b, lam=lam, impl=self.ctx.loss_impl,
+                                         label_smoothing=self.ctx.label_smoothing)
         return loss, {"loss": loss.detach(), "feature_norm": features.detach().float().norm(dim=1).mean()}

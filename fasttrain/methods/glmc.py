@@ -142,6 +142,7 @@ def select_logits(logits: torch.Tensor, logits_cb: torch.Tensor, head: str) -> t
 @register("glmc", GLMCConfig)
 class GLMC(Method):
     num_views = 2
+    applies_label_smoothing = True  # the four mixed-label CE terms (the weighted ones too)
 
     def __init__(self, cfg: GLMCConfig, ctx):
         super().__init__(cfg, ctx)
@@ -179,7 +180,7 @@ class GLMC(Method):
 
         def sce(logits: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> torch.Tensor:
             loss = soft_target_cross_entropy(logits, y_a=y_a, y_b=y_b, lam=lam, class_weights=weights,
-                                             impl=ctx.loss_impl)
+                                             impl=ctx.loss_impl, label_smoothing=ctx.label_smoothing)
             return loss if weights is None else loss * self.weighted_scale
 
         loss_mix, loss_cut = sce(o_g, spec.lam), sce(o_l, spec.lam_cut)

@@ -85,6 +85,7 @@ class NormedLinear(nn.Module):
 
 @register("ldam_drw", LDAMDRWConfig)
 class LDAMDRW(Method):
+    applies_label_smoothing = True
 
     def __init__(self, cfg: LDAMDRWConfig, ctx):
         super().__init__(cfg, ctx)
@@ -112,7 +113,8 @@ class LDAMDRW(Method):
         offset = margin_offset(y, self.margins, ctx.num_classes) if cfg.max_margin > 0 else None
         weights = self.class_weights_at(progress.epoch)  # host-side decision: no device sync
         loss = weighted_cross_entropy(logits, y, weights, cfg.weighted_mean, impl=ctx.loss_impl,
-                                      logit_offset=offset, temperature=1.0 / cfg.scale)
+                                      logit_offset=offset, temperature=1.0 / cfg.scale,
+                                      label_smoothing=ctx.label_smoothing)
         return loss, {"loss": loss.detach()}
 
     @torch.no_grad()

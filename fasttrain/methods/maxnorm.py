@@ -79,11 +79,19 @@ def project_rows(weight: torch.Tensor, delta: torch.Tensor) -> None:
 
 @register("maxnorm", MaxNormConfig)
 class MaxNorm(HeadRetraining):
+    applies_label_smoothing = True  # the cb_ce loss; cb_softmax_bce refuses it
 
     def __init__(self, cfg: MaxNormConfig, ctx):
         super().__init__(cfg, ctx)
         self.weights = effective_number_weights(ctx.train_counts, cfg.cb_beta).to(ctx.device)
         self.delta: torch.Tensor | None = None
+
+    @classmethod
+    def label_smoothing_refusal(cls, cfg: MaxNormConfig) -> str | None:
+        if cfg.loss != "cb_ce":
+            return (f"method {cls.name} with method.loss={cfg.loss} trains a binary cross-entropy, not the "
+                    "soft-label cross-entropy (method.loss: cb_ce does)")
+        return super().label_smoothing_refusal(cfg)
 
     def prepare(self, model: nn.Module) -> None:
         head = self.head_of(model)
@@ -98,7 +106,7 @@ class MaxNorm(HeadRetraining):
             loss = cb_softmax_bce(logits, batch.labels, self.weights)
         else:
             loss = soft_target_cross_entropy(logits, y_a=batch.labels, class_weights=self.weights,
-                                             impl=self.ctx.loss_impl)
+                                             impl=self.ctx.loss_impl, label_smoothing=self.ctx.label_smoothing)
         return loss, {"loss": loss.detach()}
 
     def _project(self, model: nn.Module) -> None:

@@ -95,6 +95,7 @@ def kd_terms(soft: torch.Tensor, teacher: torch.Tensor, temperature: float,
 @register("ssd_distill", SSDDistillConfig)
 class SSDDistill(StageMethod):
     stage = Stage.TEACHER  # a fresh student next to the previous model (the teacher)
+    applies_label_smoothing = True  # the hard-label CE term; the KD term keeps the teacher's targets
 
     # --- model -----------------------------------------------------------------------------------
     def build_model(self, backbone: nn.Module | None, previous: nn.Module | None = None) -> nn.Module:
@@ -142,7 +143,8 @@ class SSDDistill(StageMethod):
         if cfg.teacher_bn_mode == "eval":
             model.teacher.eval()  # the trainer puts the whole model in train mode per epoch
         hard, soft, teacher = model(x, with_teacher=True)
-        loss_ce = soft_target_cross_entropy(hard, y_a=batch.labels, impl=ctx.loss_impl)
+        loss_ce = soft_target_cross_entropy(hard, y_a=batch.labels, impl=ctx.loss_impl,
+                                            label_smoothing=ctx.label_smoothing)
         kd_ce, kd = kd_terms(soft, teacher, cfg.temperature, ctx.loss_impl)
         loss = loss_ce + cfg.kd_weight * kd_ce
         logs = {"loss": (loss_ce.detach() + cfg.kd_weight * kd), "loss_ce": loss_ce.detach(), "loss_kd": kd}

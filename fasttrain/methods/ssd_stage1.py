@@ -111,6 +111,7 @@ class SSDStage1Net(nn.Module):
 @register("ssd_stage1", SSDStage1Config)
 class SSDStage1(Method):
     num_views = 2  # view 0: query view, view 1: key view (augment.views gives each its own augmentation)
+    applies_label_smoothing = True  # the CE term; the contrastive term is unchanged
 
     def __init__(self, cfg: SSDStage1Config, ctx):
         super().__init__(cfg, ctx)
@@ -152,7 +153,8 @@ class SSDStage1(Method):
         else:
             perm = key_permutation(batch.size, self.key_generator, x_k.device) if cfg.shuffle_bn_splits > 1 else None
         logits, q, k = model(x_q, x_k, perm)
-        loss_ce = soft_target_cross_entropy(logits, y_a=batch.labels, impl=ctx.loss_impl)
+        loss_ce = soft_target_cross_entropy(logits, y_a=batch.labels, impl=ctx.loss_impl,
+                                            label_smoothing=ctx.label_smoothing)
         queue = model.queue
         # The loss sees the queue before this step's keys; a copy, because enqueueing writes in place
         # what the backward of q·queue needs (MoCo clones the queue for the same reason).

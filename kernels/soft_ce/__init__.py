@@ -2,6 +2,8 @@
 
     loss_i = -sum_c t_ic * w_c * log_softmax((z_i + b) / T)_c   (x T**2 if t2_scale)
 
+with t optionally label-smoothed, (1 - eps) t + eps / C (`label_smoothing=eps`).
+
 `soft_target_cross_entropy` / `SoftTargetCrossEntropy` dispatch to a fused Triton kernel on CUDA
 (`impl="auto"`) and to the pure-torch reference (`reference.py`, the specification) elsewhere.
 """

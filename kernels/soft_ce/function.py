@@ -65,9 +65,11 @@ class _SoftCETriton(torch.autograd.Function):
         t2_scale: bool,
         reduction: str,
         grad_mode: str,
+        label_smoothing: float,
     ) -> torch.Tensor:
         tk = _triton_module()
-        prep = tk.prepare(logits, y_a, y_b, lam, lam_value, targets, class_weights, logit_offset, temperature, t2_scale)
+        prep = tk.prepare(logits, y_a, y_b, lam, lam_value, targets, class_weights, logit_offset, temperature, t2_scale,
+                          label_smoothing)
         B = logits.shape[0]
         grad_mult = prep.loss_mult / B if reduction == "mean" else prep.loss_mult
         write_grad = ctx.needs_input_grad[0] and grad_mode == "fused"
@@ -91,7 +93,7 @@ class _SoftCETriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        nones = (None,) * 11
+        nones = (None,) * 12
         if ctx.grad_mode == "fused":
             if ctx.consumed:
                 raise RuntimeError(
@@ -116,7 +118,7 @@ def triton_soft_target_cross_entropy(x: SoftCEInputs, grad_mode: str = "recomput
     lam_value = float(x.lam) if isinstance(x.lam, float) else 1.0
     return _SoftCETriton.apply(
         x.logits, x.y_a, x.y_b, lam_t, x.targets, x.class_weights, x.logit_offset,
-        lam_value, x.temperature, x.t2_scale, x.reduction, grad_mode,
+        lam_value, x.temperature, x.t2_scale, x.reduction, grad_mode, x.label_smoothing,
     )
 
 
@@ -133,6 +135,7 @@ def soft_target_cross_entropy(
     t2_scale: bool = False,
     reduction: str = "mean",
     impl: str = "auto",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """loss_i = -sum_c t_ic w_c log_softmax((z_i + b) / T)_c, reduced over rows; fp32 result.
 
@@ -141,10 +144,14 @@ def soft_target_cross_entropy(
     class_weights (C,) are not renormalised; logit_offset is (C,) or per-sample (B, C) (e.g. an
     LDAM margin on the target class). t2_scale multiplies by T**2 (distillation).
     reduction: "mean" (over the B rows) | "sum" | "none". impl: "auto" | "triton" | "torch".
+    label_smoothing eps in [0, 1]: the target (sparse, mixed or dense) becomes (1 - eps) t + eps / C,
+    as in F.cross_entropy(label_smoothing=eps); class weights multiply the smoothed target per class
+    (t~_c w_c, the uniform part too); offsets and temperature are unchanged; 0 = no smoothing.
     """
     x = validate_inputs(
         logits, y_a=y_a, y_b=y_b, lam=lam, targets=targets, class_weights=class_weights,
         logit_offset=logit_offset, temperature=temperature, t2_scale=t2_scale, reduction=reduction,
+        label_smoothing=label_smoothing,
     )
     if use_triton(impl, logits.device, WHAT):
         return triton_soft_target_cross_entropy(x)
@@ -152,7 +159,8 @@ def soft_target_cross_entropy(
 
 
 class SoftTargetCrossEntropy(nn.Module):
-    """Module form: class weights / logit offset are buffers (they follow .to(device)).
+    """Module form: class weights / logit offset are buffers (they follow .to(device)); label
+    smoothing as in `soft_target_cross_entropy`.
 
     DRW-style schedules change the weights with `set_class_weights` between epochs.
     """
@@ -165,16 +173,20 @@ class SoftTargetCrossEntropy(nn.Module):
         t2_scale: bool = False,
         reduction: str = "mean",
         impl: str = "auto",
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         if impl not in IMPLS:
             raise ValueError(f"SoftTargetCrossEntropy: impl must be one of {IMPLS}, got {impl!r}")
+        if not 0.0 <= float(label_smoothing) <= 1.0:
+            raise ValueError(f"SoftTargetCrossEntropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
         self.register_buffer("class_weights", None if class_weights is None else class_weights.detach().clone())
         self.register_buffer("logit_offset", None if logit_offset is None else logit_offset.detach().clone())
         self.temperature = float(temperature)
         self.t2_scale = bool(t2_scale)
         self.reduction = reduction
         self.impl = impl
+        self.label_smoothing = float(label_smoothing)
 
     def set_class_weights(self, class_weights: Optional[torch.Tensor]) -> None:
         self.class_weights = None if class_weights is None else class_weights.detach().to(
@@ -192,8 +204,10 @@ class SoftTargetCrossEntropy(nn.Module):
         return soft_target_cross_entropy(
             logits, y_a=y_a, y_b=y_b, lam=lam, targets=targets, class_weights=self.class_weights,
             logit_offset=self.logit_offset, temperature=self.temperature, t2_scale=self.t2_scale,
-            reduction=self.reduction, impl=self.impl,
+            reduction=self.reduction, impl=self.impl, label_smoothing=self.label_smoothing,
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, t2_scale={self.t2_scale}, reduction={self.reduction!r}, impl={self.impl!r}"
+        smoothing = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return (f"temperature={self.temperature}, t2_scale={self.t2_scale}, reduction={self.reduction!r}, "
+                f"impl={self.impl!r}{smoothing}")

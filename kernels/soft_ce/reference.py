@@ -8,6 +8,21 @@ y_a), or densely as a (B, C) tensor (teacher soft labels for distillation). The 
 used as given (never renormalised), so with sparse targets
 loss_i = -[lam * w_{y_a} * logp_{y_a} + (1 - lam) * w_{y_b} * logp_{y_b}].
 
+Label smoothing eps in [0, 1] replaces the target t (sparse or dense) by
+t~_ic = (1 - eps) * t_ic + eps / C before anything else, exactly as
+F.cross_entropy(label_smoothing=eps) does for hard labels and for class-probability targets:
+- mixed targets: the mixed target is smoothed, which equals mixing the two smoothed one-hots
+  (timm's MixUp + smoothing);
+- dense targets are smoothed the same way, their row mass is not looked at (a row of zeros becomes
+  eps / C everywhere, as in torch);
+- class weights multiply the smoothed target per class, t~_c * w_c, so the uniform part is
+  weighted too: loss_i = (1 - eps) * [the loss of t] - eps / C * sum_c w_c * logp_c. This is
+  F.cross_entropy(weight=w, label_smoothing=eps, reduction="sum");
+- logit offsets, temperature and t2_scale act on the logits / the loss and are unchanged;
+- every class with w_c != 0 now carries target mass, so a -inf logit makes the loss +inf (as in
+  torch), still without NaN.
+eps = 0 runs exactly the code without smoothing.
+
 Conventions shared with the Triton kernel (tests hold both to them):
 - A term whose coefficient t_ic * w_c is exactly 0 contributes 0 even where logp is -inf
   (the "-inf * 0 = 0" convention), so masked classes (-inf logits) never produce NaN.
@@ -44,6 +59,7 @@ class SoftCEInputs:
     temperature: float
     t2_scale: bool
     reduction: str
+    label_smoothing: float = 0.0  # eps: targets become (1 - eps) t + eps / C
 
     @property
     def sparse(self) -> bool:
@@ -72,6 +88,7 @@ def validate_inputs(
     temperature: float = 1.0,
     t2_scale: bool = False,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> SoftCEInputs:
     """Check shapes/dtypes once (cheap: no device sync) and normalise lam."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
@@ -87,6 +104,9 @@ def validate_inputs(
     temperature = float(temperature)
     if not temperature > 0.0:
         raise ValueError(f"soft_target_cross_entropy: temperature must be > 0, got {temperature}")
+    label_smoothing = float(label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"soft_target_cross_entropy: label_smoothing must lie in [0, 1], got {label_smoothing}")
 
     if (targets is None) == (y_a is None):
         raise ValueError("soft_target_cross_entropy: give exactly one of y_a (sparse targets) or targets (dense)")
@@ -125,7 +145,8 @@ def validate_inputs(
         raise ValueError(
             f"soft_target_cross_entropy: logit_offset must have shape ({C},) or ({B}, {C}), got {tuple(logit_offset.shape)}"
         )
-    return SoftCEInputs(logits, y_a, y_b, lam_out, targets, class_weights, logit_offset, temperature, bool(t2_scale), reduction)
+    return SoftCEInputs(logits, y_a, y_b, lam_out, targets, class_weights, logit_offset, temperature, bool(t2_scale), reduction,
+                        label_smoothing)
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -151,6 +172,8 @@ def reference_from_inputs(x: SoftCEInputs) -> torch.Tensor:
         z = z / x.temperature
     logp = torch.log_softmax(z, dim=1)
     w = x.class_weights.detach().float() if x.class_weights is not None else None
+    eps = x.label_smoothing
+    keep = 1.0 - eps  # the share of the given target; eps / C goes to every class
 
     if x.sparse:
         y_a = x.y_a.long()
@@ -160,6 +183,8 @@ def reference_from_inputs(x: SoftCEInputs) -> torch.Tensor:
         coef_a = torch.as_tensor(lam, dtype=torch.float32, device=z.device).expand(z.shape[0])
         if w is not None:
             coef_a = coef_a * w[y_a]
+        if eps:
+            coef_a = coef_a * keep
         loss = -_zero_safe_product(coef_a, logp.gather(1, y_a[:, None]).squeeze(1))
         if x.y_b is not None:
             y_b = x.y_b.long()
@@ -168,12 +193,22 @@ def reference_from_inputs(x: SoftCEInputs) -> torch.Tensor:
             coef_b = 1.0 - torch.as_tensor(x.lam, dtype=torch.float32, device=z.device).expand(z.shape[0])
             if w is not None:
                 coef_b = coef_b * w[y_b]
+            if eps:
+                coef_b = coef_b * keep
             loss = loss - _zero_safe_product(coef_b, logp.gather(1, y_b[:, None]).squeeze(1))
     else:
         coef = x.targets.detach().float()
+        if eps:
+            coef = coef * keep
         if w is not None:
             coef = coef * w
         loss = -_zero_safe_product(coef, logp).sum(dim=1)
+    if eps:
+        # The uniform part eps / C of the smoothed target (times w_c): -eps / C * sum_c w_c logp_c.
+        uniform = torch.full((C,), eps / C, dtype=torch.float32, device=z.device)
+        if w is not None:
+            uniform = uniform * w
+        loss = loss - _zero_safe_product(uniform.expand_as(logp), logp).sum(dim=1)
 
     if x.t2_scale:
         loss = loss * (x.temperature**2)
@@ -192,10 +227,12 @@ def soft_target_cross_entropy_reference(
     temperature: float = 1.0,
     t2_scale: bool = False,
     reduction: str = "mean",
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Reference loss (see module docstring); same keyword API as soft_target_cross_entropy."""
     x = validate_inputs(
         logits, y_a=y_a, y_b=y_b, lam=lam, targets=targets, class_weights=class_weights,
         logit_offset=logit_offset, temperature=temperature, t2_scale=t2_scale, reduction=reduction,
+        label_smoothing=label_smoothing,
     )
     return reference_from_inputs(x)

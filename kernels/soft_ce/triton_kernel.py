@@ -10,6 +10,13 @@ numbers. For sparse targets the loss needs only two gathered logits per row.
     loss  = mult * sum_c a_c (lse - z'_c)          (terms with a_c == 0 are 0, even at z' = -inf)
     dL/dz = mult * g_row * (s p_c - a_c) / T
 
+Label smoothing eps (SMOOTH) makes a_c = ((1 - eps) t_c + eps / C) w_c: the given target scaled by
+1 - eps (folded into the two sparse coefficients), plus a uniform eps / C (times w_c, read with the
+chunk) on every class of the chunk. Sparse targets then take the dense formula s*log(l) - d, whose
+running sums carry sum_c a_c = (1 - eps) s_t + eps/C sum_c w_c and the uniform part of d in the same
+pass over the logits (sum_c w_c logp_c = sum_c w_c (z'_c - m) - (sum_c w_c) (lse - m)): no extra
+read of the logits, and the gradient formula is unchanged. eps = 0 compiles the code without it.
+
 When the row fits one chunk (C <= MAX_BLOCK_C, e.g. iNaturalist's 8142 -> 8192) the logits are
 read once and the gradient is computed from registers (ONE_CHUNK); otherwise a second pass
 re-reads them. No B x C temporary is allocated besides the gradient itself.
@@ -41,14 +48,23 @@ def _logits_tile(z_ptr, stride_zb, off_ptr, stride_ob, rows64, cols, mask2, inv_
 
 
 @triton.jit
-def _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b,
-               SPARSE: tl.constexpr, HAS_W: tl.constexpr):
-    """a_c = t_c * w_c for this tile (sparse: built from the two labels, w already folded in)."""
+def _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b, smooth_keep, smooth_u,
+               SPARSE: tl.constexpr, HAS_W: tl.constexpr, SMOOTH: tl.constexpr):
+    """a_c = t_c * w_c for this tile (sparse: built from the two labels, w and 1 - eps already folded
+    in); with SMOOTH, t_c is the smoothed target (1 - eps) t_c + eps / C."""
     if SPARSE:
         a = tl.where(cols[None, :] == ya[:, None], coef_a[:, None], 0.0)
         a += tl.where(cols[None, :] == yb[:, None], coef_b[:, None], 0.0)
+        if SMOOTH:
+            u = tl.where(mask2, smooth_u, 0.0)  # eps / C on the real classes, 0 on the padding
+            if HAS_W:
+                w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+                u = u * w[None, :]
+            a += u
     else:
         a = tl.load(t_ptr + rows64[:, None] * stride_tb + cols[None, :], mask=mask2, other=0.0).to(tl.float32)
+        if SMOOTH:
+            a = tl.where(mask2, a * smooth_keep + smooth_u, 0.0)
         if HAS_W:
             w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
             a = a * w[None, :]
@@ -56,8 +72,9 @@ def _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, 
 
 
 @triton.jit
-def _online_step(zc, a, m, l, s, d, SPARSE: tl.constexpr):
-    """Fold one chunk into the running (max m, sum l, mass s, d = sum a (z' - m)) of each row."""
+def _online_step(zc, a, m, l, s, d, SUMS: tl.constexpr):
+    """Fold one chunk into the running (max m, sum l, and with SUMS mass s, d = sum a (z' - m)) of
+    each row."""
     neg_inf = float("-inf")
     m_new = tl.maximum(m, tl.max(zc, axis=1))
     # "Safe" pivots are 0 while everything seen is -inf, so no (-inf) - (-inf) = NaN appears.
@@ -65,7 +82,7 @@ def _online_step(zc, a, m, l, s, d, SPARSE: tl.constexpr):
     m_old_safe = tl.where(m == neg_inf, 0.0, m)
     alpha = tl.where(m == neg_inf, 0.0, tl.exp(m - m_new_safe))
     l = l * alpha + tl.sum(tl.exp(zc - m_new_safe[:, None]), axis=1)
-    if not SPARSE:
+    if SUMS:
         # Re-base d on the new pivot, then add this chunk (0 * (-inf) terms are 0).
         d = d + tl.where(s != 0.0, s * (m_old_safe - m_new_safe), 0.0)
         d = d + tl.sum(a * tl.where(a != 0.0, zc - m_new_safe[:, None], 0.0), axis=1)
@@ -91,9 +108,9 @@ def _soft_ce_kernel(
     g_ptr, stride_gb,
     go_ptr, stride_go,
     B, C,
-    inv_T, loss_mult, grad_mult,
+    inv_T, loss_mult, grad_mult, smooth_keep, smooth_u,
     SPARSE: tl.constexpr, HAS_YB: tl.constexpr, LAM_IS_PTR: tl.constexpr,
-    HAS_W: tl.constexpr, HAS_OFF: tl.constexpr,
+    HAS_W: tl.constexpr, HAS_OFF: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_LOSS: tl.constexpr, WRITE_GRAD: tl.constexpr, LSE_GIVEN: tl.constexpr, HAS_GO: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, ONE_CHUNK: tl.constexpr,
 ):
@@ -128,6 +145,12 @@ def _soft_ce_kernel(
         if HAS_W:
             coef_a = coef_a * tl.load(w_ptr + ya, mask=label_ok, other=0.0).to(tl.float32)
             coef_b = coef_b * tl.load(w_ptr + yb, mask=label_ok, other=0.0).to(tl.float32)
+        if SMOOTH:
+            coef_a = coef_a * smooth_keep
+            coef_b = coef_b * smooth_keep
+    # Per-row sums s, d are needed by dense targets and by smoothed sparse ones (the uniform part);
+    # plain sparse targets gather their two logits instead.
+    SUMS: tl.constexpr = (not SPARSE) or SMOOTH
 
     if LSE_GIVEN:
         lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
@@ -142,23 +165,24 @@ def _soft_ce_kernel(
             cols = cols0
             mask2 = row_mask[:, None] & (cols < C)[None, :]
             zc = _logits_tile(z_ptr, stride_zb, off_ptr, stride_ob, rows64, cols, mask2, inv_T, HAS_OFF)
-            a = _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b, SPARSE, HAS_W)
-            m, l, s, d = _online_step(zc, a, m, l, s, d, SPARSE)
+            a = _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b, smooth_keep,
+                           smooth_u, SPARSE, HAS_W, SMOOTH)
+            m, l, s, d = _online_step(zc, a, m, l, s, d, SUMS)
         else:
             for k in range(0, tl.cdiv(C, BLOCK_C)):
                 cols_k = k * BLOCK_C + cols0
                 mask_k = row_mask[:, None] & (cols_k < C)[None, :]
                 z_k = _logits_tile(z_ptr, stride_zb, off_ptr, stride_ob, rows64, cols_k, mask_k, inv_T, HAS_OFF)
                 a_k = _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols_k, mask_k, C, ya, yb, coef_a, coef_b,
-                                 SPARSE, HAS_W)
-                m, l, s, d = _online_step(z_k, a_k, m, l, s, d, SPARSE)
+                                 smooth_keep, smooth_u, SPARSE, HAS_W, SMOOTH)
+                m, l, s, d = _online_step(z_k, a_k, m, l, s, d, SUMS)
         m_safe = tl.where(m == neg_inf, 0.0, m)
         log_l = tl.log(l)
         lse = m_safe + log_l
-        if SPARSE:
+        if not SUMS:
             s = coef_a + coef_b
         if COMPUTE_LOSS:
-            if SPARSE:
+            if not SUMS:
                 za = tl.load(z_ptr + rows64 * stride_zb + ya, mask=label_ok, other=0.0).to(tl.float32)
                 zb = tl.load(z_ptr + rows64 * stride_zb + yb, mask=label_ok, other=0.0).to(tl.float32)
                 if HAS_OFF:
@@ -185,7 +209,7 @@ def _soft_ce_kernel(
                 mask2 = row_mask[:, None] & (cols < C)[None, :]
                 zc = _logits_tile(z_ptr, stride_zb, off_ptr, stride_ob, rows64, cols, mask2, inv_T, HAS_OFF)
                 a = _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b,
-                               SPARSE, HAS_W)
+                               smooth_keep, smooth_u, SPARSE, HAS_W, SMOOTH)
             # else: cols, mask2, zc and a of the single chunk are still live from the first pass
             _grad_tile(g_ptr, stride_gb, rows64, cols, mask2, zc, a, lse, s, gm)
         else:
@@ -193,7 +217,8 @@ def _soft_ce_kernel(
                 cols = k * BLOCK_C + cols0
                 mask2 = row_mask[:, None] & (cols < C)[None, :]
                 zc = _logits_tile(z_ptr, stride_zb, off_ptr, stride_ob, rows64, cols, mask2, inv_T, HAS_OFF)
-                a = _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b, SPARSE, HAS_W)
+                a = _coef_tile(t_ptr, stride_tb, w_ptr, rows64, cols, mask2, C, ya, yb, coef_a, coef_b,
+                               smooth_keep, smooth_u, SPARSE, HAS_W, SMOOTH)
                 _grad_tile(g_ptr, stride_gb, rows64, cols, mask2, zc, a, lse, s, gm)
 
 
@@ -221,6 +246,7 @@ class Prepared:
     block_b: int
     block_c: int
     num_warps: int
+    label_smoothing: float = 0.0  # eps; 0 launches the kernel specialised without smoothing
 
     _TENSORS = ("logits", "y_a", "y_b", "lam", "targets", "class_weights", "logit_offset")
 
@@ -256,6 +282,7 @@ def prepare(
     logit_offset: Optional[torch.Tensor],
     temperature: float,
     t2_scale: bool,
+    label_smoothing: float = 0.0,
 ) -> Prepared:
     B, C = logits.shape
     block_b, block_c, num_warps = launch_config(B, C)
@@ -274,6 +301,7 @@ def prepare(
         block_b=block_b,
         block_c=block_c,
         num_warps=num_warps,
+        label_smoothing=float(label_smoothing),
     )
 
 
@@ -296,6 +324,7 @@ def _launch(
     lam = p.lam
     go = grad_out
     grid = (triton.cdiv(B, p.block_b),)
+    eps = p.label_smoothing
     _soft_ce_kernel[grid](
         z, z.stride(0),
         p.y_a if p.y_a is not None else dummy,
@@ -314,12 +343,13 @@ def _launch(
         go if go is not None else dummy,
         (go.stride(0) if go.dim() == 1 else 0) if go is not None else 0,
         B, C,
-        p.inv_T, p.loss_mult, grad_mult,
+        p.inv_T, p.loss_mult, grad_mult, 1.0 - eps, eps / C if eps else 0.0,
         SPARSE=p.targets is None,
         HAS_YB=p.y_b is not None,
         LAM_IS_PTR=lam is not None,
         HAS_W=p.class_weights is not None,
         HAS_OFF=off is not None,
+        SMOOTH=eps != 0.0,
         COMPUTE_LOSS=compute_loss,
         WRITE_GRAD=grad is not None,
         LSE_GIVEN=lse_given,

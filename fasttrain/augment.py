@@ -8,7 +8,8 @@ want (`views`, `mix_pairs`, `mix_streams`) and draw the mixing parameters themse
 on a host generator); the mixing description (pairing indices and λ) stays with the caller,
 which builds its (soft) targets from (y_a, y_b, λ) — no dense B×C targets here.
 
-GLMC semantics (METHODS.md §2.3–2.4) are the default:
+GLMC semantics (the official code's `GLMC_mixed` in utils/util.py; docs: user-guide/methods/glmc.md)
+are the default:
 - one λ per step, λ ~ Beta(β, β) with β = 1 (= Uniform(0, 1)) by default;
 - CutMix box side s = ceil(L·sqrt(1−λ)) per axis, centre uniform over integer pixels [0, L),
   box [clip(c − ⌊s/2⌋, 0, L), clip(c + ⌊s/2⌋, 0, L)) per axis;

@@ -75,21 +75,16 @@ def config_keys_page() -> str:
 
 # --- reference/configs.md ---------------------------------------------------------------------------
 
-# The config headers' pointers into the project's method notes, as links to the method pages that
-# say the same in these docs (the notes themselves are not part of the repository).
-_NOTES = re.compile(r"METHODS\.md §(\d)(\.\d+)?(?:[-–]\d+(?:\.\d+)?)?")
-_PUBLISHED = ("../results.md#published-numbers", "published numbers")  # §2.14, §3.8, §4.7: reported results
-_NOTE_PAGE = {"1": ("../getting-started/data.md", "data preparation"), "2": ("../user-guide/methods/glmc.md", "GLMC page"),
-              "3": ("../user-guide/methods/ssd.md", "SSD page"), "4": ("../user-guide/methods/fbl.md", "FBL page")}
+# The config headers cite pages of these docs as "docs: user-guide/methods/glmc.md, Recipes": on the
+# configs page (reference/) they become links to those pages, the section named beside the link.
+_DOCS_CITE = re.compile(r"docs: ((?:[\w-]+/)*[\w-]+\.md)(?:, ([^);]+))?")
 
 
 def _cite(text: str) -> str:
     def link(m: re.Match) -> str:
-        section = m.group(1) + (m.group(2) or "")
-        page, title = (_PUBLISHED if section in ("2.14", "3.8", "4.7") else
-                       _NOTE_PAGE.get(m.group(1), ("../user-guide/methods/index.md", "method pages")))
-        return f"[{title}]({page})"
-    return _NOTES.sub(link, text)
+        page, section = m.group(1), m.group(2)
+        return f"[{page}](../{page})" + (f", {section}" if section else "")
+    return _DOCS_CITE.sub(link, text)
 
 
 def configs_page() -> str:

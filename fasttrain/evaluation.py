@@ -1,7 +1,7 @@
 """Evaluation: top-1 overall / many / medium / few, per-class accuracy, ECE, per-class plot.
 
 Group accuracy is the mean of per-class accuracies within the group (OLTR protocol); groups
-are defined by *train* counts (METHODS.md §1.5).
+are defined by *train* counts (docs: getting-started/data.md, Datasets).
 """
 from __future__ import annotations
 

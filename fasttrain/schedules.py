@@ -11,9 +11,9 @@ multistep part follows from epoch W on: the smooth per-step warm-up of AdamW rec
                     (PaCo's intended schedule; GLMC's `imagenet_lr_schedule: warmup_cosine`)
 - multistep:        γ^(number of milestones m with e >= m)
 - warmup_multistep: (e+width)/W for e < W, then multistep (LDAM-DRW / FBL recipes)
-- code_offbyone:    GLMC's ImageNet-LT/iNat schedule exactly as its code runs it (METHODS.md
-                    §2.9): epoch 0 at lr0, epochs 1..11 at e/10·lr0 (1.1·lr0 at epoch 11), then
-                    ½(1 + cos(π (e − 10) / (E − 9))).
+- code_offbyone:    GLMC's ImageNet-LT/iNat schedule exactly as its code runs it
+                    (`Trainer.paco_adjust_learning_rate`): epoch 0 at lr0, epochs 1..11 at
+                    e/10·lr0 (1.1·lr0 at epoch 11), then ½(1 + cos(π (e − 10) / (E − 9))).
 `min_lr` is a floor in absolute units applied as lr = min_lr + (lr0 − min_lr)·factor for the
 cosine family.
 """

@@ -131,7 +131,7 @@ def test_configs_lists_whole_sentences_wrapped_to_the_terminal(monkeypatch, caps
         "A b (Kang et al. 2020) c.", "Next one goes on: e.g. here.", "Runs:", "cmd x.y"]
     rows = {r["name"]: r for r in list_configs()}
     assert rows["ce/imagenet_lt_r50"]["target"] == ("41.6 (ResNet-50, 90 ep; Kang et al. 2020) / 44.4 with ResNeXt-50 "
-                                                    "(METHODS.md §2.14, recalled)")
+                                                    "(classifier-balancing README; recalled)")
     monkeypatch.setenv("COLUMNS", "100")
     assert main(["configs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -139,7 +139,7 @@ def test_configs_lists_whole_sentences_wrapped_to_the_terminal(monkeypatch, caps
     start = next(i for i, line in enumerate(lines) if line.startswith("ce/imagenet_lt_r50 "))
     block = [lines[start], *itertools.takewhile(lambda line: line.startswith(" "), lines[start + 1:])]
     assert len(block) > 1  # wrapped, not cut
-    assert "Kang et al. 2020) / 44.4 with ResNeXt-50 (METHODS.md §2.14, recalled)" in " ".join(
+    assert "Kang et al. 2020) / 44.4 with ResNeXt-50 (classifier-balancing README; recalled)" in " ".join(
         line.strip() for line in block)
 
 

@@ -1,5 +1,6 @@
-"""CIFAR-10-LT / CIFAR-100-LT: exact counts of METHODS.md §1.1, both subset conventions,
-both few-shot rules, the pickle reading path (generated files; real CIFAR-10 only if present)."""
+"""CIFAR-10-LT / CIFAR-100-LT: exact counts of n_i = int(n_max·ρ^(−i/(C−1)))
+(docs: getting-started/data.md), both subset conventions, both few-shot rules, the pickle reading
+path (generated files; real CIFAR-10 only if present)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ from fasttrain.data import build_datasets, cifar_split_seed
 from fasttrain.data.cifar import build_cifar_lt, lt_counts, read_cifar_split, select_lt_indices
 from fasttrain.data.index import FEW, MANY, MEDIUM, DatasetError, shot_groups
 
-# METHODS.md §1.1: (classes, rho) -> total, head counts, tail counts, many/medium/few (<20), few (<=20)
+# (classes, rho) -> total, head counts, tail counts, many/medium/few (<20), few (<=20): the
+# exponential profile of docs: getting-started/data.md, Datasets
 TABLE = {
     (10, 100): (12406, [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], [50], (8, 2, 0), 0),
     (10, 50): (13996, [5000], [100], (9, 1, 0), 0),

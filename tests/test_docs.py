@@ -24,6 +24,11 @@ from fasttrain.docgen import DOCS_DIR, PAGES, docs_parser, stale_pages
 ROOT = Path(__file__).resolve().parent.parent
 MKDOCS_YML = ROOT / "fasttrain" / "mkdocs.yml"
 SOURCES = [ROOT / "README.md", *sorted(DOCS_DIR.rglob("*.md"))]
+# The method notes the project was written from: not part of the repository, so nothing may cite them
+# (built from two parts so that this file does not name them itself).
+NOTES = "METHODS" + ".md"
+# Where the repository's own text lives, outside the documentation pages (checked on their own).
+CITING = ["README.md", "configs", "fasttrain", "kernels", "loaders", "tests", "benchmarks"]
 
 
 def _rel(path: Path) -> str:
@@ -124,11 +129,41 @@ def test_nothing_cites_a_file_the_repository_lacks():
     """The method specification the project was written from is not in the repository: no page
     points at it. Local links of the README resolve."""
     for path in SOURCES:
-        assert "METHODS.md" not in path.read_text(), f"{_rel(path)} cites METHODS.md, which users do not have"
+        assert NOTES not in path.read_text(), f"{_rel(path)} cites {NOTES}, which users do not have"
     readme = (ROOT / "README.md").read_text()
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme):
         if not target.startswith(("http://", "https://")):
             assert (ROOT / target).exists(), f"README links {target}, which does not exist"
+
+
+def _tracked_text_files(paths: list[str]) -> list[Path]:
+    """The tracked files under `paths` (git ls-files; every file there outside a git checkout), minus
+    fasttrain/docs/ and binary files."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=ROOT, capture_output=True)
+    if listed.returncode == 0:
+        files = [ROOT / name for name in listed.stdout.decode().split("\0") if name]
+    else:  # not a git checkout (an unpacked sdist): every file
+        files = [p for top in paths for p in ([ROOT / top] if (ROOT / top).is_file() else (ROOT / top).rglob("*"))
+                 if p.is_file() and "__pycache__" not in p.parts]
+    out = []
+    for path in files:
+        if path.is_relative_to(DOCS_DIR) or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if b"\0" not in data[:8192]:  # gzipped lists, images: binary
+            out.append(path)
+    return out
+
+
+def test_no_tracked_file_cites_the_method_notes():
+    """Config headers, docstrings, comments, tests, benchmarks and the README cite the papers, the
+    official repositories or the documentation pages, never the method notes the project was written
+    from: users do not have them."""
+    files = _tracked_text_files(CITING)
+    assert any(p.suffix == ".yaml" for p in files) and any(p.suffix == ".py" for p in files)
+    hits = [f"{_rel(path)}:{n}: {line.strip()}" for path in files
+            for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1) if NOTES in line]
+    assert hits == [], f"{len(hits)} line(s) cite {NOTES}, which users do not have:\n" + "\n".join(hits[:20])
 
 
 def test_readme_is_short_and_keeps_the_two_commands_as_ci_runs_them():
@@ -377,6 +412,6 @@ def test_the_site_builds_strict(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     html = {p: p.read_text() for p in (tmp_path / "site").rglob("*.html")}
     assert len(html) >= len(_nav_pages(yaml.safe_load(MKDOCS_YML.read_text())["nav"]))
-    assert [str(p) for p, text in html.items() if "METHODS.md" in text] == []
+    assert [str(p) for p, text in html.items() if NOTES in text] == []
     api = (tmp_path / "site" / "reference" / "api.html").read_text()
     assert "load_config" in api and "run_training" in api and "Augmenter" in api

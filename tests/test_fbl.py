@@ -1,4 +1,5 @@
-"""FBL (METHODS.md §4): stimulus, curriculum, loss and its gradient through ‖f‖, configs, a short run."""
+"""FBL (docs: user-guide/methods/fbl.md): stimulus, curriculum, loss and its gradient through ‖f‖,
+configs, a short run."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""GLMC (METHODS.md §2): mixing draws, soft-label weights, α(e), SimSiam, heads, loss formula,
-configs, and a short two-stage CPU run (GLMC then MaxNorm)."""
+"""GLMC (docs: user-guide/methods/glmc.md): mixing draws, soft-label weights, α(e), SimSiam, heads,
+loss formula, configs, and a short two-stage CPU run (GLMC then MaxNorm)."""
 from __future__ import annotations
 
 import math
@@ -198,7 +198,7 @@ def test_model_structure_and_projection_width():
     # Kaiming fan-in on the CIFAR ResNet's heads: std ≈ sqrt(2/256)
     assert abs(net.fc_cb.weight.std().item() / math.sqrt(2 / 256) - 1) < 0.35
     assert abs(net.projector.weight.std().item() / math.sqrt(2 / 256) - 1) < 0.1
-    # ≈7.44 M parameters for C=10 incl. all four heads (METHODS.md §2.6)
+    # ≈7.44 M parameters for C=10 incl. all four heads (hand-computed, official ResNet_cifar.resnet32)
     m10 = G.GLMC(G.GLMCConfig(), context(counts=tuple(range(10, 0, -1))))
     n = sum(p.numel() for p in m10.build_model(create_backbone("resnet32_w4")).parameters())
     assert 7.42e6 < n < 7.46e6

@@ -1,5 +1,5 @@
-"""MaxNorm second stage (METHODS.md §2.12): CB weights, threshold, PGD projection, frozen
-backbone, loss variants, standalone model structure."""
+"""MaxNorm second stage (docs: user-guide/methods/glmc.md, MaxNorm second stage): CB weights,
+threshold, PGD projection, frozen backbone, loss variants, standalone model structure."""
 from __future__ import annotations
 
 import math

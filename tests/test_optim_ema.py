@@ -137,6 +137,7 @@ def test_layer_decay_names_a_backbone_without_layers():
 def test_clip_grad_norm_clips_the_global_norm_before_the_step():
     """A huge loss with clip 0.5: the gradients the optimizer used have global norm 0.5, and plain
     SGD (lr 1) moves the weights by exactly them."""
+    from fasttrain.methods import Progress
     from fasttrain.step import Learner, train_step
 
     class Square:
@@ -152,7 +153,7 @@ def test_clip_grad_norm_clips_the_global_norm_before_the_step():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     learner = Learner(Square(), model, model, opt, torch.amp.GradScaler(enabled=False), None, torch.device("cpu"),
                       clip_grad_norm=0.5)
-    train_step(learner, torch.randn(8, 4), None)
+    train_step(learner, torch.randn(8, 4), Progress(epoch=0, epochs=1))
     grads = [p.grad for p in model.parameters()]
     assert torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) == pytest.approx(0.5)
     for p, b, g in zip(model.parameters(), before, grads):

@@ -1,6 +1,6 @@
-"""SSD (ICCV 2021, METHODS.md §3): label-aware contrastive loss, the labelled queue, the EMA key
-encoder, shuffled BN, the queue-size rules, the KD term, the stage hand-offs, four stages on
-CIFAR-10-LT end to end, and a bit-exact resume in the middle of stage I."""
+"""SSD (ICCV 2021, docs: user-guide/methods/ssd.md): label-aware contrastive loss, the labelled
+queue, the EMA key encoder, shuffled BN, the queue-size rules, the KD term, the stage hand-offs,
+four stages on CIFAR-10-LT end to end, and a bit-exact resume in the middle of stage I."""
 from __future__ import annotations
 
 import dataclasses

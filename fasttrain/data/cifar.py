@@ -1,4 +1,4 @@
-"""CIFAR-10-LT / CIFAR-100-LT from the standard python-pickle layout (METHODS.md §1.1)."""
+"""CIFAR-10-LT / CIFAR-100-LT from the standard python-pickle layout (docs: getting-started/data.md)."""
 from __future__ import annotations
 
 import pickle

@@ -1,4 +1,4 @@
-"""List-file datasets: ImageNet-LT, iNaturalist 2018, Places-LT (METHODS.md §1.2–1.4).
+"""List-file datasets: ImageNet-LT, iNaturalist 2018, Places-LT (docs: getting-started/data.md, List files).
 
 A list file has one `relative/path label` per line (labels 0-based), plain or gzipped; paths are
 relative to the dataset root. The val/test lists and the Places-LT train list ship with the

@@ -1,6 +1,7 @@
 """FBL — Feature-Balanced Loss (Li, Cheung, Jiang, ICME 2022), as its official code runs it.
 
-Specification: METHODS.md §4. For a sample with pooled (post-ReLU) feature f and logits z:
+Specification: the official code, juyongjiang/FBL (docs: user-guide/methods/fbl.md). For a sample
+with pooled (post-ReLU) feature f and logits z:
 
     z'_c = z_c − t(e) · A · a_c / (‖f‖₂ + 1e-12)        for every class c
     a_c  = (log n_max − log n_c) / (log n_max − log n_min)   (float32, `stimulus_norm: max`)

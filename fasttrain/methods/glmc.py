@@ -1,11 +1,12 @@
 """GLMC — Global and Local Mixture Consistency cumulative learning (CVPR 2023).
 
-Specification: METHODS.md §2. The official code's behaviour is the default; every
-paper-vs-code difference is a switch in `GLMCConfig` (§6).
+Specification: the official code, ynu-yangpeng/GLMC (docs: user-guide/methods/glmc.md). The official
+code's behaviour is the default; every paper-vs-code difference is a switch in `GLMCConfig` (same
+page, Switches and their official defaults).
 
-One step (§2.13): the batch holds two streams of b rows each (stream 0 uniform/instance,
-stream 1 re-sampled with per-sample weight n_c^-q), two augmented views per row. Row i of
-stream 0 is paired with row i of stream 1; view 0 of the pair is MixUp-ed and view 1
+One step (the official `Trainer.train` loop): the batch holds two streams of b rows each (stream 0
+uniform/instance, stream 1 re-sampled with per-sample weight n_c^-q), two augmented views per row.
+Row i of stream 0 is paired with row i of stream 1; view 0 of the pair is MixUp-ed and view 1
 CutMix-ed with the same λ (fasttrain.augment, so the fused kernel can replace it). Both mixed
 batches go through the backbone (two forwards by default, as the code: per-batch BN stats):
 
@@ -107,7 +108,7 @@ class GLMCNet(nn.Module):
 
 
 def cumulative_alpha(epoch: int, epochs: int, power: float = 2.0) -> float:
-    """α(e) = 1 − (e/E)^p, e 0-indexed, constant within an epoch (§2.8: p = 2)."""
+    """α(e) = 1 − (e/E)^p, e 0-indexed, constant within an epoch (official code: p = 2)."""
     return 1.0 - (epoch / epochs) ** power
 
 

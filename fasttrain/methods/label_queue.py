@@ -1,4 +1,5 @@
-"""SSD stage I's queue of keys with labels and its label-aware contrastive loss (METHODS.md §3.3).
+"""SSD stage I's queue of keys with labels and its label-aware contrastive loss
+(docs: user-guide/methods/ssd.md, Stage I).
 
 MoCo keeps the keys of the last K samples in a FIFO queue as negatives. SSD stores each key's
 label with it and removes the queue entries of the query's own class from the negatives; they are

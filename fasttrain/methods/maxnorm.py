@@ -1,7 +1,8 @@
 """MaxNorm classifier re-training (Alshammari et al., "Long-Tailed Recognition via Weight
 Balancing", CVPR 2022 — second stage), as GLMC's authors point to for "GLMC + MaxNorm".
 
-Specification: METHODS.md §2.12 (reference procedure of LTR-weight-balancing):
+Specification: the reference second stage of LTR-weight-balancing (ShadeAlsha/LTR-weight-balancing,
+demo2_second-stage-training.py; docs: user-guide/methods/glmc.md, MaxNorm second stage):
 - start from a trained model; freeze everything except one classifier head (`head`,
   default GLMC's `fc_cb`): its weight and bias are the only trainable parameters;
 - threshold computed once from the starting head: δ = min_c ‖w_c‖ + τ·(max_c ‖w_c‖ −

@@ -1,4 +1,4 @@
-"""SSD stage III — joint training with self-distillation (METHODS.md §3.5).
+"""SSD stage III — joint training with self-distillation (docs: user-guide/methods/ssd.md, Stage III).
 
 A new, randomly initialised student (its own fresh backbone) with two Linear heads on one
 feature: `fc`, the hard head, trained with CE on the labels, and `fc_kd`, the soft head, trained
@@ -76,7 +76,7 @@ class SSDStudentNet(nn.Module):
         return hard, soft, t
 
     def handoff(self) -> nn.Module:
-        """Stage IV continues the student encoder and its hard head (§3.6: the code's key filter
+        """Stage IV continues the student encoder and its hard head (as the official code's key filter
         drops the KD head and the teacher)."""
         return EncoderClassifier(self.backbone, self.fc)
 

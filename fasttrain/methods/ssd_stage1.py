@@ -1,5 +1,5 @@
 """SSD stage I — self-supervision-guided feature learning (Li et al., "Self Supervision to
-Distillation for Long-Tailed Visual Recognition", ICCV 2021; METHODS.md §3.3).
+Distillation for Long-Tailed Visual Recognition", ICCV 2021; docs: user-guide/methods/ssd.md, Stage I).
 
 The official code's behaviour is the default; every difference is a switch in `SSDStage1Config`.
 Two views per image from one decode (`augment.views`: view 0 the query view, view 1 the MoCo-v2
@@ -104,7 +104,7 @@ class SSDStage1Net(nn.Module):
         return nn.ModuleList([self.key_backbone, self.key_projector])
 
     def handoff(self) -> nn.Module:
-        """Stage II continues the query encoder and the classifier only (§3.4)."""
+        """Stage II continues the query encoder and the classifier only (as in the official code)."""
         return EncoderClassifier(self.backbone, self.fc)
 
 

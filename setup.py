@@ -44,6 +44,7 @@ setup(
         "dev": ["pytest", "build", "wheel", "onnx", "onnxruntime", "wandb"],
         "onnx": ["onnx", "onnxruntime"],
         "wandb": ["wandb"],
+        "clip": ["open_clip_torch"],  # open_clip/<arch> backbones (CLIP image towers)
         "dali": ["nvidia-dali-cuda130"],  # CUDA 13 drivers (and CPU-only machines)
         "dali-cuda12": ["nvidia-dali-cuda120"],
         # FFCV builds a C extension: needs pkg-config, libopencv-dev and libturbojpeg0-dev (apt)

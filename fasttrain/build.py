@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from fasttrain import distributed
 from fasttrain.augment import Augmenter, RandomErasing
+from fasttrain.backbones import peft
 from fasttrain.checkpoint import load_checkpoint
 from fasttrain.config import RunConfig
 from fasttrain.data import LTDataset, build_datasets
@@ -75,8 +76,11 @@ def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous:
     fresh = training and not cfg.model.init_from
     # A fresh backbone for a new model; also for a stage that trains a new model next to the
     # previous one (SSD's distillation student), as `method.needs_backbone` says.
-    backbone = build_backbone(cfg.model, load_pretrained=fresh) if method.needs_backbone(previous) else None
+    backbone = (build_backbone(cfg.model, load_pretrained=fresh, num_classes=method.ctx.num_classes)
+                if method.needs_backbone(previous) else None)
     model = method.build_model(backbone, previous)
+    if backbone is not None and cfg.model.peft != "none" and training:
+        log.info("%s", peft.describe(cfg.model.peft, peft.parameter_counts(model, backbone)))
     if cfg.model.init_from:
         state = load_checkpoint(cfg.model.init_from)
         try:

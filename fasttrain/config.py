@@ -22,7 +22,7 @@ from fasttrain.kernels.mix import IMPLS as MIX_IMPLS
 from fasttrain.kernels.soft_ce import IMPLS as LOSS_IMPLS
 from fasttrain.loaders import AUGMENT_POLICIES, AUTOAUGMENT_POLICIES, BACKENDS, policy_refusal
 from fasttrain.methods import METHODS
-from fasttrain.models import BACKBONES, check_model_config
+from fasttrain.models import BACKBONES, PEFT_MODES, check_model_config
 from fasttrain.samplers import SAMPLERS
 from fasttrain.schedules import SCHEDULES
 from fasttrain.schema import ConfigError, build_dataclass, option, suggest
@@ -134,7 +134,7 @@ class LoaderConfig:
 @dataclass
 class ModelConfig:
     # A name or family of fasttrain.models.BACKBONES: resnet32 | resnet32_w4 | resnet10 | resnet50 |
-    # resnext50_32x4d | timm/<name>[.<tag>] | torchvision/<name>
+    # resnext50_32x4d | timm/<name>[.<tag>] | torchvision/<name> | open_clip/<arch>
     arch: str = "resnet32"
     arch_kwargs: dict = field(default_factory=dict)  # library constructor arguments, e.g. {img_size: 64}
     # Model weights and inputs in torch.channels_last (NHWC) memory format: true | false (contiguous
@@ -142,7 +142,7 @@ class ModelConfig:
     channels_last: bool | str = "auto"
     init_from: str | None = None  # checkpoint whose model weights initialise this run
     # Backbone weights when the run starts fresh: a .pth / .pt / .safetensors file, or
-    # `library` / `library:<tag>` for torchvision's / timm's own weights (local cache first).
+    # `library` / `library:<tag>` for torchvision's / timm's / open_clip's own weights (local cache first).
     pretrained: str | None = None
     pretrained_ignore: list[str] = field(default_factory=list)  # fnmatch patterns of file keys to drop
     pretrained_prefix: str = ""  # take only file keys under this prefix, stripped (e.g. backbone.net.)
@@ -151,6 +151,18 @@ class ModelConfig:
     freeze_bn: str = "eval"  # the frozen part while training: eval (fixed statistics) | train
     drop_modules: list[str] = field(default_factory=list)  # trunk modules replaced by Identity, e.g. [layer4.2]
     extra_block: str | None = None  # null | bottleneck: a trainable block on the trunk's feature map
+    # What of the backbone trains: none (model.freeze decides) | full | linear_probe (heads only) | bitfit
+    # (biases) | lora (q/v of ViT blocks) | adaptformer (bottleneck MLP beside each block's MLP) |
+    # vpt_shallow | vpt_deep (prompt tokens); the rest of the backbone is frozen
+    peft: str = option("none", choices=PEFT_MODES)
+    # LoRA rank r of the q and v updates; null = LIFT's rule 2^floor(log2(classes / (2 x blocks)))
+    peft_rank: int | None = option(None, gt=0)
+    lora_alpha: float = option(1.0, gt=0)  # LoRA updates scaled by lora_alpha / rank (LIFT: 1, i.e. 1/r)
+    adaptformer_dim: int | None = option(None, gt=0)  # AdaptFormer bottleneck width; null = LIFT's rule as peft_rank
+    adaptformer_scale: float = 1.0  # AdaptFormer's scale s of the adapter output (its initial value when learnt)
+    # s is a trainable scalar (LIFT, from 1.0) | false: fixed (the AdaptFormer paper: 0.1)
+    adaptformer_learn_scale: bool = True
+    vpt_length: int = option(10, gt=0)  # VPT: prompt tokens per prompted block (LIFT: 10)
 
 
 @dataclass

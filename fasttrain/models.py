@@ -9,7 +9,9 @@
 - `resnet50` / `resnext50_32x4d`: aliases of `torchvision/resnet50` / `torchvision/resnext50_32x4d`
   (the same construction as before, so their random init and checkpoint keys are unchanged);
 - `timm/<name>`: every timm model (`timm.list_models()`), optionally `<name>.<pretrained tag>`;
-- `torchvision/<name>`: every torchvision classification model whose classifier ends in a Linear.
+- `torchvision/<name>`: every torchvision classification model whose classifier ends in a Linear;
+- `open_clip/<arch>`: the image tower of an open_clip CLIP model (`open_clip.list_models()`),
+  optional (`fasttrain[clip]`).
 
 Every backbone maps (B, 3, H, W) -> (B, feature_dim) pooled features (fasttrain.backbones.base).
 `build_backbone(model_cfg, ...)` applies `model.pretrained`, `model.drop_modules`,
@@ -26,12 +28,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from fasttrain.backbones import timm_family, torchvision_family
+from fasttrain.backbones import open_clip_family, timm_family, torchvision_family
 from fasttrain.backbones.base import Backbone
 from fasttrain.backbones.blocks import EXTRA_BLOCKS, add_extra_block, drop_modules
 from fasttrain.backbones.cifar import CifarResNet  # noqa: F401  (GLMC's head_init reads the type)
 from fasttrain.backbones.freeze import FREEZE_BN_MODES, TRUNK, freeze
+from fasttrain.backbones.peft import PEFT_MODES, apply_peft
 from fasttrain.backbones.weights import WeightsError, load_weights_file
 from fasttrain.schema import ConfigError, suggest
 
@@ -73,6 +77,9 @@ BACKBONES: dict[str, BackboneEntry] = {
     f"torchvision/{NAME}": BackboneEntry("torchvision classification models (Linear classifier)",
                                          torchvision_family.build, names=torchvision_family.names,
                                          library_weights=True),
+    f"open_clip/{NAME}": BackboneEntry("CLIP image towers of open_clip (pip install fasttrain[clip]): open_clip/<arch>, "
+                                       "weights by model.pretrained: library:<tag>",
+                                       open_clip_family.build, names=open_clip_family.names, library_weights=True),
 }
 
 
@@ -168,6 +175,11 @@ def check_model_config(m: Any) -> None:
             if "." in name:
                 raise ConfigError(f"model.pretrained: the tag is given twice ({m.arch} and library:{tag}); keep one")
             _check_timm_tag("timm/", f"{name}.{tag}")
+        if tag is not None and arch.startswith("open_clip/"):
+            tags = open_clip_family.pretrained_tags(name)
+            if tag not in tags:
+                raise ConfigError(f"model.pretrained: open_clip has no weights {tag!r} for {name}; tags: "
+                                  f"{', '.join(tags) or 'none'}")
     if m.freeze_bn not in FREEZE_BN_MODES:
         raise ConfigError(f"model.freeze_bn: expected one of {list(FREEZE_BN_MODES)}, got {m.freeze_bn!r}"
                           f"{suggest(str(m.freeze_bn), list(FREEZE_BN_MODES))}")
@@ -176,6 +188,9 @@ def check_model_config(m: Any) -> None:
                           f"{suggest(str(m.extra_block), list(EXTRA_BLOCKS))}")
     if m.freeze == "":
         raise ConfigError(f"model.freeze: expected null, `{TRUNK}` or a trunk module name, got ''")
+    if m.peft not in ("none",) and m.freeze is not None:
+        raise ConfigError(f"model.freeze and model.peft={m.peft} both choose what of the backbone trains; "
+                          "keep one (model.peft freezes everything but its modules)")
     if "num_classes" in m.arch_kwargs:
         raise ConfigError("model.arch_kwargs: num_classes is not a backbone argument (the method's heads "
                           "take the dataset's class count)")
@@ -202,12 +217,13 @@ def create_backbone(arch: str, *, kwargs: dict | None = None, library_weights: b
     return backbone
 
 
-def build_backbone(m: Any, *, load_pretrained: bool = True) -> Backbone:
+def build_backbone(m: Any, *, load_pretrained: bool = True, num_classes: int | None = None) -> Backbone:
     """The backbone of model section `m` (a ModelConfig), in this order: created (with the
     library's weights for `model.pretrained: library`), `model.drop_modules` removed, a weights
     file loaded (`load_pretrained` false skips both kinds of weights: a run that starts from a
     checkpoint, evaluation), the extra block added (its random init after the trunk's), then
-    `model.freeze` applied."""
+    `model.freeze` applied, then `model.peft` (fasttrain.backbones.peft; `num_classes` feeds its
+    LIFT-rule defaults)."""
     kind, value = parse_pretrained(m.pretrained)
     library = load_pretrained and kind == LIBRARY
     backbone = create_backbone(m.arch, kwargs=m.arch_kwargs, library_weights=library, weights=value if library else None)
@@ -219,10 +235,13 @@ def build_backbone(m: Any, *, load_pretrained: bool = True) -> Backbone:
         report = load_weights_file(backbone, value, ignore=m.pretrained_ignore, prefix=m.pretrained_prefix,
                                    strict=m.pretrained_strict)
         (log.info if report.ok else log.warning)("model.pretrained: %s", report.describe())
+        backbone.on_weights_file(value)
     if m.extra_block is not None:
         add_extra_block(backbone, m.extra_block)
     if m.freeze is not None:
         log.info("%s", freeze(backbone, m.freeze, m.freeze_bn).describe())
+    if getattr(m, "peft", "none") != "none":
+        apply_peft(backbone, m, num_classes)
     return backbone
 
 
@@ -231,6 +250,39 @@ def linear_head(in_dim: int, num_classes: int) -> nn.Linear:
     fc = nn.Linear(in_dim, num_classes)
     nn.init.kaiming_normal_(fc.weight)
     return fc
+
+
+class CosineClassifier(nn.Module):
+    """Cosine-similarity head: logits = scale · <x / |x|, w_c / |w_c|>. LIFT's classifier (its code:
+    fixed scale 25, weights from the class prompts' text features); `learn_scale` makes the scale a
+    trainable scalar starting at `scale`."""
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float = 25.0, learn_scale: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+        nn.init.kaiming_normal_(self.weight)
+        if learn_scale:
+            self.scale = nn.Parameter(torch.tensor(float(scale)))
+        else:
+            self.register_buffer("scale", torch.tensor(float(scale)))
+
+    @classmethod
+    def from_text(cls, backbone: Backbone, class_names: list[str], template: str = "a photo of a {}.",
+                  **kwargs) -> "CosineClassifier":
+        """Weights = the normalised text features of `template` filled with each class name, from
+        the text tower of an open_clip backbone (`encode_class_prompts`)."""
+        encode = getattr(backbone, "encode_class_prompts", None)
+        if encode is None:
+            raise ConfigError(f"a text-initialised classifier needs a CLIP backbone (open_clip/<arch>), not {backbone.arch}")
+        feats = encode(list(class_names), template)
+        head = cls(feats.shape[1], feats.shape[0], **kwargs)
+        with torch.no_grad():
+            head.weight.copy_(feats)
+        return head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=-1)
+        return F.linear(F.normalize(x, dim=-1), w.to(x.dtype)) * self.scale.to(x.dtype)
 
 
 class Classifier(nn.Module):
@@ -262,6 +314,6 @@ def to_contiguous(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.contiguous_format)
 
 
-__all__ = ["BACKBONES", "BackboneEntry", "Backbone", "CifarResNet", "Classifier", "WeightsError", "build_backbone",
-           "check_model_config", "count_parameters", "create_backbone", "linear_head", "parse_pretrained",
+__all__ = ["BACKBONES", "PEFT_MODES", "BackboneEntry", "Backbone", "CifarResNet", "Classifier", "WeightsError", "build_backbone",
+           "check_model_config", "CosineClassifier", "count_parameters", "create_backbone", "linear_head", "parse_pretrained",
            "resolve_arch", "to_channels_last", "to_contiguous"]

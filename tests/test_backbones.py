@@ -37,6 +37,15 @@ CASES = [
     ("timm/vit_tiny_patch16_224", {"img_size": TINY}, 192),
     ("timm/mobilenetv3_small_050", {}, 1024),  # pools into a 1024-d hidden layer (head_hidden_size)
 ]
+try:  # the optional extra `clip`: its family is covered where open_clip is installed (tests/test_peft.py too)
+    import open_clip  # noqa: F401
+
+    CASES.append(("open_clip/ViT-B-16", {"embed_dim": 16, "vision_cfg": {"image_size": TINY, "patch_size": 8,
+                                                                         "layers": 1, "width": 32, "head_width": 16},
+                                         "text_cfg": {"layers": 1, "width": 32, "heads": 2}}, 16))
+    OPTIONAL_FAMILIES: set[str] = set()
+except ImportError:
+    OPTIONAL_FAMILIES = {f"open_clip/{NAME}"}
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +67,7 @@ def _family(arch: str) -> str:
 
 
 def test_the_cases_cover_every_registry_entry():
-    assert {_family(a) for a, _, _ in CASES} == set(BACKBONES)
+    assert {_family(a) for a, _, _ in CASES} == set(BACKBONES) - OPTIONAL_FAMILIES
 
 
 @pytest.mark.parametrize("arch,kwargs,dim", CASES, ids=[c[0] for c in CASES])

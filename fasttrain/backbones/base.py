@@ -42,6 +42,10 @@ class Backbone(nn.Module):
         """Feature map -> (B, feature_dim), as the trunk pools its own map."""
         raise NotImplementedError(f"{self.arch or type(self).__name__} gives pooled features only")
 
+    def on_weights_file(self, path: str) -> None:
+        """Called after `model.pretrained: FILE` loaded into the trunk (open_clip towers note the
+        file for their text tower)."""
+
     def train(self, mode: bool = True) -> "Backbone":
         # The trainer calls model.train() every epoch; nn.Module.train recurses through this
         # override, so a frozen part in eval mode stays there whatever the caller does.

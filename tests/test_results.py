@@ -14,7 +14,7 @@ import pytest
 
 from fasttrain.config import load_config
 from fasttrain.results.cli import check_files, readme_blocks, replace_blocks
-from fasttrain.results.collect import load_records, load_spec
+from fasttrain.results.collect import load_record, load_records, load_spec
 from fasttrain.results.record import ResultsError, record_run, wall_seconds
 from fasttrain.results.tables import blocks
 from fasttrain.trainer import run_training
@@ -203,3 +203,18 @@ def test_readme_and_docs_tables_equal_the_results_command_output():
     """README's short table and the site's results page are what `fasttrain results benchmarks/accuracy
     --readme README.md --docs fasttrain/docs/results.md --write` writes."""
     assert check_files(ROOT / "benchmarks" / "accuracy", ROOT / "README.md", ROOT / "fasttrain" / "docs" / "results.md") == []
+
+
+def test_a_run_resumed_with_other_threads_says_so(two_runs, tmp_path):
+    """The machine column names every thread count a run's starts used, in order."""
+    from fasttrain.results.tables import _machine
+
+    run = tmp_path / "resumed"
+    shutil.copytree(two_runs[0], run)
+    starts = json.loads((run / "provenance.json").read_text())["starts"]
+    (run / "provenance.json").write_text(json.dumps({"starts": [{**starts[0], "threads": 2},
+                                                                {**starts[0], "threads": 1}, {**starts[0], "threads": 1}]}))
+    dest = record_run(run, tmp_path / "acc")
+    assert json.loads((dest / "record.json").read_text())["threads_per_start"] == [2, 1, 1]
+    assert _machine([load_record(dest)]).endswith(", 2 then 1 threads")
+    assert _machine([load_record(record_run(two_runs[0], tmp_path / "acc2"))]).endswith(f", {starts[0]['threads']} threads")

@@ -32,6 +32,7 @@ class Record:
     git_commit: str | None
     note: str
     path: Path
+    threads_per_start: tuple = ()  # the threads of every start (first, then each --resume)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def load_record(folder: Path) -> Record:
         best_on=best.get("on", "test"), curve=curve, epochs=int(_need(meta, "epochs", folder / RECORD_JSON)),
         wall_s=float(_need(meta, "wall_s", folder / RECORD_JSON)), cpu_model=meta.get("cpu_model"),
         gpu=meta.get("gpu"), threads=meta.get("threads"), git_commit=meta.get("git_commit"),
-        note=meta.get("note", ""), path=folder)
+        note=meta.get("note", ""), path=folder, threads_per_start=tuple(meta.get("threads_per_start") or ()))
 
 
 def load_records(root: Path) -> list[Record]:

@@ -112,6 +112,7 @@ def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = Fals
         "git_commit": first.get("git_commit"), "git_dirty": first.get("git_dirty"),
         "commits": sorted({s.get("git_commit") for s in starts if s.get("git_commit")}),
         "cpu_model": first.get("cpu_model"), "threads": first.get("threads"), "machine": first.get("machine"),
+        "threads_per_start": [s.get("threads") for s in starts],  # a resume may have run with other threads
         "gpu": first.get("gpu"), "env": first.get("env", {}), "versions": first.get("versions") or summary.get("versions"),
         "device": summary.get("device"), "amp": summary.get("amp"), "processes": summary.get("processes", 1),
         "epochs": len(metrics), "wall_s": round(wall_seconds(metrics), 1),

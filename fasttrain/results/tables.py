@@ -30,9 +30,16 @@ def _groups(r: list[Record]) -> str:
     return " / ".join(one(a) for a in ("many", "medium", "few"))
 
 
+def _threads(r: Record) -> str:
+    """The run's thread count, or each count in the order the run's starts used them ("2 then 1")."""
+    counts = [t for t in r.threads_per_start if t is not None]
+    distinct = [t for i, t in enumerate(counts) if i == 0 or t != counts[i - 1]]
+    return " then ".join(map(str, distinct)) if len(distinct) > 1 else str(r.threads)
+
+
 def _machine(r: list[Record]) -> str:
     first = r[0]
-    where = first.gpu or f"{first.cpu_model or 'CPU'}, {first.threads} threads"
+    where = first.gpu or f"{first.cpu_model or 'CPU'}, {_threads(first)} threads"
     return f"{_mean([x.wall_s for x in r]) / 3600:.2f} h, {where}"
 
 

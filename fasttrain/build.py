@@ -12,6 +12,7 @@ init follows `seed` exactly as in earlier versions: loaders draw from their own 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -24,11 +25,13 @@ from fasttrain.backbones import peft
 from fasttrain.checkpoint import load_checkpoint
 from fasttrain.config import RunConfig
 from fasttrain.data import LTDataset, build_datasets
+from fasttrain.data.classnames import prompt_class_names
 from fasttrain.ema import build_ema
 from fasttrain.environment import amp_dtype, resolve_channels_last, resolve_device, seed_everything
 from fasttrain.loaders import build_loader
 from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
-from fasttrain.models import build_backbone, to_channels_last, to_contiguous
+from fasttrain.model_state import WEIGHTS_REF, load_weights, trainable_only
+from fasttrain.models import HeadSpec, WeightsError, build_backbone, to_channels_last, to_contiguous
 from fasttrain.optimizers import build_optimizer  # noqa: F401 - also fasttrain.build's name for it
 from fasttrain.samplers import EvalShard, build_sampler
 from fasttrain.step import Learner, MethodLoss
@@ -68,16 +71,44 @@ def build_augmenter(cfg: RunConfig, train_set: LTDataset, amp: torch.dtype | Non
                      channels_last=resolve_channels_last(cfg.model.channels_last, device), erasing=erasing)
 
 
+def eval_augment(aug):
+    """The augment section an eval loader reads: as is, or for augment.eval_tte fivecrop, images
+    resized and centre-cropped to crop_size + eval_tte_expand (the five crops are taken on the device,
+    fasttrain.evaluation.five_crops)."""
+    if aug.eval_tte == "none":
+        return aug
+    size = aug.crop_size + aug.eval_tte_expand
+    return dataclasses.replace(aug, crop_size=size, eval_resize=size)
+
+
+def head_spec(m, training: bool = True) -> HeadSpec:
+    """The model section's `fc` head choice (model.head / head_scale / head_learn_scale / head_init /
+    head_prompt). A model built to load a checkpoint (evaluation, predict) starts its head at random:
+    the stored weights replace it, so no class names or text tower are needed."""
+    return HeadSpec(m.head, m.head_scale, m.head_learn_scale, m.head_init if training else "random", m.head_prompt)
+
+
 def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous: nn.Module | None,
                  training: bool) -> nn.Module:
     # Pretrained backbone weights start a fresh training run only: a run from model.init_from, a
     # later stage (previous model) and evaluation (the checkpoint's weights are loaded next) would
     # overwrite them, and must not need the weights file. Freezing applies to a fresh backbone.
-    fresh = training and not cfg.model.init_from
+    # A parameter-efficient run's checkpoints hold only its trainable weights (fasttrain.model_state):
+    # every model built for one starts from the pretrained weights its frozen rest comes from.
+    partial = trainable_only(cfg.model)
+    fresh = (training and not cfg.model.init_from) or partial
     # A fresh backbone for a new model; also for a stage that trains a new model next to the
     # previous one (SSD's distillation student), as `method.needs_backbone` says.
-    backbone = (build_backbone(cfg.model, load_pretrained=fresh, num_classes=method.ctx.num_classes)
-                if method.needs_backbone(previous) else None)
+    backbone = None
+    if method.needs_backbone(previous):
+        try:
+            backbone = build_backbone(cfg.model, load_pretrained=fresh, num_classes=method.ctx.num_classes)
+        except (WeightsError, FileNotFoundError) as exc:
+            if not partial or (training and not cfg.model.init_from):
+                raise
+            raise WeightsError(f"this run's checkpoints store only the trainable weights (model.peft="
+                               f"{cfg.model.peft}); the frozen rest comes from model.pretrained={cfg.model.pretrained}, "
+                               f"which could not be loaded: {str(exc).splitlines()[0]}") from None
     model = method.build_model(backbone, previous)
     if backbone is not None and cfg.model.peft != "none" and training:
         log.info("%s", peft.describe(cfg.model.peft, peft.parameter_counts(model, backbone)))
@@ -87,7 +118,10 @@ def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous:
             # The hook where a method maps the checkpoint onto its model: by default exactly the
             # model's weights; a later stage drops what its hand-off leaves behind, SSD's
             # distillation loads the checkpoint into its teacher (Method.load_init_state).
-            method.load_init_state(model, state["model"])
+            if WEIGHTS_REF in state:  # a parameter-efficient run's trainable weights over the pretrained ones
+                load_weights(model, state, f"model.init_from={cfg.model.init_from}")
+            else:
+                method.load_init_state(model, state["model"])
         except RuntimeError as exc:
             raise RuntimeError(f"model.init_from={cfg.model.init_from}: weights do not fit the model "
                                f"({str(exc).splitlines()[0]})") from None
@@ -124,14 +158,18 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     ctx = MethodContext(num_classes=train_set.num_classes, train_counts=counts.to(device), augmenter=augmenter,
                         device=device, loss_impl=cfg.train.loss_impl, label_smoothing=cfg.loss.label_smoothing,
                         seed=cfg.seed, default_stream=StreamSpec(ld.sampler, ld.sampler_q, ld.class_aware_k),
-                        stream_batch_size=ld.batch_size * world_size if training else None)
+                        stream_batch_size=ld.batch_size * world_size if training else None,
+                        head=head_spec(cfg.model, training),
+                        class_names=(prompt_class_names(train_set, cfg.data)
+                                     if training and cfg.model.head_init == "text" and previous_model is None else None))
     method = METHODS[cfg.method.name](cfg.method, ctx)
 
     def loader(dataset, samplers, step_rows, num_views, train):
         # Augmentation draws differ between ranks (rank 0 keeps the single-process seed); the sample
         # order does not: the samplers shard one global order.
         return build_loader(ld.backend, dataset, samplers, batch_size=step_rows, num_views=num_views,
-                            device=device, augment=cfg.augment, loader=ld, train=train,
+                            device=device, augment=cfg.augment if train else eval_augment(cfg.augment), loader=ld,
+                            train=train,
                             seed=cfg.seed + AUGMENT_SEED_STRIDE * rank if train else cfg.seed)
 
     train_loader = None
@@ -189,4 +227,4 @@ def build_split_loader(run: Run, split: str, sharded: bool = False):
     # calibration reads the whole split on every rank, so every rank chooses the same parameters.
     shard = eval_shard(len(dataset), cfg.loader.eval_batch_size, run.dist) if sharded else None
     return build_loader(cfg.loader.backend, dataset, shard, batch_size=cfg.loader.eval_batch_size, num_views=1,
-                        device=run.device, augment=cfg.augment, loader=cfg.loader, train=False, seed=cfg.seed)
+                        device=run.device, augment=eval_augment(cfg.augment), loader=cfg.loader, train=False, seed=cfg.seed)

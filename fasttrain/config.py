@@ -22,7 +22,7 @@ from fasttrain.kernels.mix import IMPLS as MIX_IMPLS
 from fasttrain.kernels.soft_ce import IMPLS as LOSS_IMPLS
 from fasttrain.loaders import AUGMENT_POLICIES, AUTOAUGMENT_POLICIES, BACKENDS, policy_refusal
 from fasttrain.methods import METHODS
-from fasttrain.models import BACKBONES, PEFT_MODES, check_model_config
+from fasttrain.models import BACKBONES, HEAD_INITS, HEAD_KINDS, PEFT_MODES, check_model_config
 from fasttrain.samplers import SAMPLERS
 from fasttrain.schedules import SCHEDULES
 from fasttrain.schema import ConfigError, build_dataclass, option, suggest
@@ -69,6 +69,11 @@ class AugmentConfig:
     blur_p: float = 0.0  # probability of GaussianBlur(23, sigma 0.1-2)
     flip: bool = True  # random horizontal flip
     eval_resize: int = 256  # eval: resize the short side, then centre-crop crop_size
+    # Test-time ensembling: none | fivecrop (LIFT's: the eval images are resized and centre-cropped to
+    # crop_size + eval_tte_expand, the model sees their four corner and centre crop_size crops, and the
+    # five logits are averaged; eval_resize is not used)
+    eval_tte: str = option("none", choices=("none", "fivecrop"))
+    eval_tte_expand: int = option(24, gt=0)  # fivecrop: how much larger than crop_size the eval image is (LIFT: 24)
     mean: list[float] | None = None  # None = the dataset's standard statistics
     std: list[float] | None = None  # None = the dataset's standard statistics
     mix_impl: str = "auto"  # normalise/mix kernel dispatch: auto (Triton on CUDA) | triton | torch
@@ -163,6 +168,15 @@ class ModelConfig:
     # s is a trainable scalar (LIFT, from 1.0) | false: fixed (the AdaptFormer paper: 0.1)
     adaptformer_learn_scale: bool = True
     vpt_length: int = option(10, gt=0)  # VPT: prompt tokens per prompted block (LIFT: 10)
+    # The classifier of the one-head methods (ce, logit_adjust, balanced_softmax, fbl): linear (nn.Linear) |
+    # cosine (scale x cosine of feature and class weight: LIFT's classifier)
+    head: str = option("linear", choices=HEAD_KINDS)
+    head_scale: float = option(25.0, gt=0)  # cosine head: the logit scale (LIFT: 25)
+    head_learn_scale: bool = False  # cosine head: the scale is a trainable scalar starting at head_scale
+    # How that head starts: random | text (its weights are the normalised text features of head_prompt per
+    # class name, from the text tower of an open_clip/<arch> backbone: LIFT's initialisation)
+    head_init: str = option("random", choices=HEAD_INITS)
+    head_prompt: str = "a photo of a {}."  # head_init text: the prompt; {} is replaced by the class name
 
 
 @dataclass
@@ -387,6 +401,7 @@ def _check_values(cfg: RunConfig) -> None:
     _check_streams(cfg)
     _check_views(cfg)
     _check_label_smoothing(cfg)
+    _check_head(cfg)
     _check_augment_policy(cfg)
     _check_optim(cfg)
     if cfg.method is not None and hasattr(cfg.method, "validate"):
@@ -440,6 +455,9 @@ def _check_augment_policy(cfg: RunConfig) -> None:
         reason = policy_refusal(cfg.loader.backend, aug, True)
         if reason:
             raise ConfigError(reason)
+    if aug.eval_tte != "none" and cfg.loader.backend == "tensor":
+        raise ConfigError(f"augment.eval_tte: {aug.eval_tte} needs eval images resized to crop_size + eval_tte_expand; "
+                          "the tensor backend keeps them at their stored size: use loader.backend torch, dali or ffcv")
     lo_hi = aug.random_erasing_scale
     if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
         raise ConfigError("augment.random_erasing_scale: expected [low, high] with 0 < low <= high <= 1, "
@@ -447,6 +465,18 @@ def _check_augment_policy(cfg: RunConfig) -> None:
     lo_hi = aug.random_erasing_ratio
     if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
         raise ConfigError(f"augment.random_erasing_ratio: expected [low, high] with 0 < low <= high, got {lo_hi!r}")
+
+
+def _check_head(cfg: RunConfig) -> None:
+    """model.head / head_init shape the one `fc` head of the methods that build it from the config;
+    a method with heads of its own refuses them by name (a later stage keeps the head it continues)."""
+    m = cfg.model
+    if m.head == "linear" and m.head_init == "random":
+        return
+    method = METHODS[cfg.method.name]
+    if not method.configurable_head and not method.continues_stage:
+        raise ConfigError(f"model.head: {m.head} / model.head_init: {m.head_init}, but method {method.name} builds "
+                          "heads of its own; model.head applies to ce, logit_adjust, balanced_softmax and fbl")
 
 
 def _check_label_smoothing(cfg: RunConfig) -> None:

@@ -11,18 +11,43 @@ import numpy as np
 import torch
 
 from fasttrain.checkpoint import temp_path
+from fasttrain.data.classnames import class_names  # noqa: F401  (the reports' readable names; also imported from here)
 from fasttrain.data.index import GROUP_NAMES, shot_groups
+
+
+def five_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The four corner and the centre `size` x `size` crops of a (B, C, H, W) batch, in
+    torchvision's FiveCrop order (top-left, top-right, bottom-left, bottom-right, centre)."""
+    h, w = x.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"augment.eval_tte fivecrop: eval images of {h}x{w} are smaller than the {size}x{size} crops "
+                         "(the loader backend must resize them: torch, dali or ffcv with augment.train imagenet)")
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return [x[..., :size, :size], x[..., :size, w - size:], x[..., h - size:, :size], x[..., h - size:, w - size:],
+            x[..., top:top + size, left:left + size]]
+
+
+def ensemble_logits(method, model, x: torch.Tensor, tte_crop: int | None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`method.head_logits` of the batch, or with `tte_crop` the mean logits of its five crops."""
+    if not tte_crop:
+        return method.head_logits(model, x)
+    outs = [method.head_logits(model, view) for view in five_crops(x, tte_crop)]
+    logits = torch.stack([z.float() for z, _ in outs]).mean(dim=0)
+    heads = {name: torch.stack([h[name].float() for _, h in outs]).mean(dim=0) for name in outs[0][1]}
+    return logits, heads
 
 
 @torch.no_grad()
 def collect_predictions(method, model, loader, augmenter, head_preds: dict | None = None,
-                        indices: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        indices: list | None = None, tte_crop: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax probabilities (N, C) float32 on CPU, labels (N,)) over the whole loader.
 
     Views go through the run's augmenter (the same uint8 → input-dtype path as training); a
     bf16 / fp16 run evaluates under that autocast. For a method with several heads (`head_logits`),
     `head_preds` (a dict) receives each head's predicted classes (N,) from the same forward;
-    `indices` (a list) receives the rows' dataset indices (N,)."""
+    `indices` (a list) receives the rows' dataset indices (N,). With `tte_crop` (augment.eval_tte
+    fivecrop), each row's logits are the mean over its five `tte_crop` crops."""
     model.eval()
     probs, labels, heads, index = [], [], {}, []
     device_type = next(model.parameters()).device.type
@@ -33,7 +58,7 @@ def collect_predictions(method, model, loader, augmenter, head_preds: dict | Non
     for batch in loader:
         x = augmenter.views(batch)[0]
         with autocast:
-            logits, per_head = method.head_logits(model, x)
+            logits, per_head = ensemble_logits(method, model, x, tte_crop)
         probs.append(torch.softmax(logits.float(), dim=1))
         labels.append(batch.labels)
         index.append(batch.index)
@@ -58,7 +83,9 @@ def evaluate_loader(run, loader, confusion: Path | None = None) -> dict:
     report is the single-process one exactly."""
     heads: dict = {}
     indices: list = []
-    probs, labels = collect_predictions(run.method, run.model, loader, run.augmenter, heads, indices)
+    aug = run.cfg.augment
+    probs, labels = collect_predictions(run.method, run.model, loader, run.augmenter, heads, indices,
+                                        tte_crop=aug.crop_size if aug.eval_tte == "fivecrop" else None)
     if loader.samplers and run.dist.enabled:  # a sharded loader reads this rank's EvalShard: gather
         probs, labels, heads = gather_predictions(probs, labels, indices[0], heads)
     if confusion is not None:
@@ -126,6 +153,7 @@ def checkpoint_evaluation(path: str | Path, overrides: list[str] | None = None, 
     from fasttrain.build import build_run
     from fasttrain.checkpoint import load_checkpoint
     from fasttrain.config import apply_overrides, config_from_dict
+    from fasttrain.model_state import load_weights
 
     state = load_checkpoint(path)
     if "config" not in state:
@@ -141,7 +169,7 @@ def checkpoint_evaluation(path: str | Path, overrides: list[str] | None = None, 
                          if k not in ("sampler", "sampler_q", "class_aware_k")}
     cfg = config_from_dict(raw, f"{path} (stored config)")
     run = build_run(cfg)
-    run.model.load_state_dict(state["model"])
+    load_weights(run.model, state, str(path))
     report = evaluate(run, confusion)
     report["head"] = run.method.prediction_head()
     return report, run
@@ -198,30 +226,6 @@ def accuracy_report(probs: torch.Tensor, labels: torch.Tensor, train_counts: np.
     report["per_class"] = [round(100.0 * float(a), 4) for a in per_class]
     report["few_shot_rule"] = few_shot_rule
     return report
-
-
-def class_names(dataset) -> list[str]:
-    """A readable name per class: the dataset's own (folder classes, CIFAR label names), else the
-    folder of the class's first image (the wnid on ImageNet-LT, the category on iNat / Places),
-    else the index."""
-    if dataset.extra.get("classes"):
-        return [str(c) for c in dataset.extra["classes"]]
-    if dataset.images is not None and dataset.source:
-        meta = {10: ("batches.meta", b"label_names"), 100: ("meta", b"fine_label_names")}.get(dataset.num_classes)
-        path = Path(dataset.source) / meta[0] if meta else None
-        if path is not None and path.is_file():
-            import pickle
-
-            with open(path, "rb") as f:
-                names = pickle.load(f, encoding="bytes").get(meta[1], [])
-            if len(names) == dataset.num_classes:
-                return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    if dataset.paths is not None:
-        first: dict[int, str] = {}
-        for path, label in zip(dataset.paths, dataset.labels):
-            first.setdefault(int(label), Path(path).parent.name)
-        return [first.get(c, str(c)) for c in range(dataset.num_classes)]
-    return [str(c) for c in range(dataset.num_classes)]
 
 
 def per_class_rows(report: dict, train_set, rule: str) -> list[list]:

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from fasttrain.build import build_run
+from fasttrain.build import build_run, eval_augment
 from fasttrain.checkpoint import load_checkpoint
 from fasttrain.compat import quiet_export_notices
 from fasttrain.config import config_from_dict
 from fasttrain.data.index import DatasetError, LTDataset
+from fasttrain.evaluation import five_crops
 from fasttrain.loaders import build_loader
+from fasttrain.model_state import WEIGHTS_REF, load_weights
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -34,8 +36,8 @@ def load_for_inference(path: str | Path, device: str = "auto"):
                            "support? evaluate it with `fasttrain eval`, then retrain or re-save)")
     raw = dict(state["config"], stages=[], device=device)
     model = dict(raw.get("model", {}), init_from=None)
-    if "pretrained" in model:
-        model["pretrained"] = None  # the checkpoint holds every weight
+    if WEIGHTS_REF not in state and "pretrained" in model:
+        model["pretrained"] = None  # the checkpoint holds every weight (else its frozen ones come from there)
     raw["model"] = model
     cfg = config_from_dict(raw, f"{path} (stored config)")
     meta = state["meta"]
@@ -44,7 +46,7 @@ def load_for_inference(path: str | Path, device: str = "auto"):
                      mean=tuple(meta["mean"]), std=tuple(meta["std"]))
     cfg.loader.backend = "torch"  # predictions read image files
     run = build_run(cfg, datasets=(stub, stub))
-    run.model.load_state_dict(state["model"])
+    load_weights(run.model, state, str(path))
     run.model.eval()
     return run, meta
 
@@ -85,14 +87,17 @@ def predict(checkpoint: str | Path, targets: str | Path | list[str | Path], topk
         aug.eval_resize, aug.crop_size = int(min(meta["image_size"])), int(min(meta["image_size"]))
     ds = LTDataset("predict", len(meta["train_counts"]), np.zeros(len(files), np.int64),
                    np.asarray(meta["train_counts"]), paths=files)
-    loader = build_loader("torch", ds, None, batch_size=batch_size, num_views=1, device=run.device, augment=aug,
-                          loader=run.cfg.loader, train=False, seed=run.cfg.seed)
+    tte = aug.crop_size if aug.eval_tte == "fivecrop" else None  # the run's test-time ensembling, as evaluated
+    loader = build_loader("torch", ds, None, batch_size=batch_size, num_views=1, device=run.device,
+                          augment=eval_augment(aug), loader=run.cfg.loader, train=False, seed=run.cfg.seed)
     k = min(topk, len(meta["class_names"]))
     rows = []
     autocast = torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.augmenter.dtype == torch.bfloat16)
     for batch in loader:
         with autocast:
-            logits = run.method.predict(run.model, run.augmenter.views(batch)[0])
+            x = run.augmenter.views(batch)[0]
+            views = five_crops(x, tte) if tte else [x]
+            logits = torch.stack([run.method.predict(run.model, v).float() for v in views]).mean(dim=0)
         probs, classes = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
         for i, idx in enumerate(batch.index.tolist()):
             top = classes[i].tolist()

@@ -191,6 +191,8 @@ def check_model_config(m: Any) -> None:
     if m.peft not in ("none",) and m.freeze is not None:
         raise ConfigError(f"model.freeze and model.peft={m.peft} both choose what of the backbone trains; "
                           "keep one (model.peft freezes everything but its modules)")
+    if getattr(m, "head_init", "random") == "text" and "{}" not in m.head_prompt:
+        raise ConfigError(f"model.head_prompt: needs a {{}} where the class name goes, got {m.head_prompt!r}")
     if "num_classes" in m.arch_kwargs:
         raise ConfigError("model.arch_kwargs: num_classes is not a backbone argument (the method's heads "
                           "take the dataset's class count)")
@@ -271,10 +273,7 @@ class CosineClassifier(nn.Module):
                   **kwargs) -> "CosineClassifier":
         """Weights = the normalised text features of `template` filled with each class name, from
         the text tower of an open_clip backbone (`encode_class_prompts`)."""
-        encode = getattr(backbone, "encode_class_prompts", None)
-        if encode is None:
-            raise ConfigError(f"a text-initialised classifier needs a CLIP backbone (open_clip/<arch>), not {backbone.arch}")
-        feats = encode(list(class_names), template)
+        feats = text_features(backbone, class_names, template)
         head = cls(feats.shape[1], feats.shape[0], **kwargs)
         with torch.no_grad():
             head.weight.copy_(feats)
@@ -285,13 +284,68 @@ class CosineClassifier(nn.Module):
         return F.linear(F.normalize(x, dim=-1), w.to(x.dtype)) * self.scale.to(x.dtype)
 
 
-class Classifier(nn.Module):
-    """backbone -> fc. The plain model used by CE and the logit-adjusting baselines."""
+HEAD_KINDS = ("linear", "cosine")
+HEAD_INITS = ("random", "text")
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The `fc` head a CE-family method builds (model.head / head_scale / head_learn_scale /
+    head_init / head_prompt)."""
+
+    kind: str = "linear"  # linear: nn.Linear | cosine: CosineClassifier
+    scale: float = 25.0  # cosine: logit scale
+    learn_scale: bool = False  # cosine: the scale trains
+    init: str = "random"  # random | text: the class prompts' text features (open_clip backbones)
+    prompt: str = "a photo of a {}."
+
+    @property
+    def is_default(self) -> bool:
+        return self.kind == "linear" and self.init == "random"
+
+
+def build_head(spec: HeadSpec, backbone: Backbone, num_classes: int, class_names: list[str] | None = None
+               ) -> nn.Module:
+    """The head of `spec` on `backbone`'s features. A text-initialised head takes the normalised
+    text features of `spec.prompt` per class name as its weights (a linear head's bias starts at 0),
+    as LIFT initialises its classifier."""
+    if spec.kind == "cosine":
+        if spec.init == "text":
+            return CosineClassifier.from_text(backbone, _names(class_names), spec.prompt, scale=spec.scale,
+                                              learn_scale=spec.learn_scale)
+        return CosineClassifier(backbone.feature_dim, num_classes, spec.scale, spec.learn_scale)
+    fc = linear_head(backbone.feature_dim, num_classes)
+    if spec.init == "text":
+        feats = text_features(backbone, _names(class_names), spec.prompt)
+        with torch.no_grad():
+            fc.weight.copy_(feats)
+            fc.bias.zero_()
+    return fc
+
+
+def _names(class_names: list[str] | None) -> list[str]:
+    if not class_names:
+        raise ConfigError("model.head_init: text needs the dataset's class names (none were given)")
+    return class_names
+
+
+def text_features(backbone: Backbone, class_names: list[str], template: str) -> torch.Tensor:
+    """(C, feature_dim) normalised prompt features from the text tower of an open_clip backbone."""
+    encode = getattr(backbone, "encode_class_prompts", None)
+    if encode is None:
+        raise ConfigError(f"model.head_init: text needs a CLIP backbone (open_clip/<arch>) with its text tower, "
+                          f"not {getattr(backbone, 'arch', type(backbone).__name__)}")
+    return encode(list(class_names), template)
+
+
+class Classifier(nn.Module):
+    """backbone -> fc. The plain model used by CE and the logit-adjusting baselines; `fc` is a
+    linear head unless given (model.head, `build_head`)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, fc: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
-        self.fc = linear_head(backbone.feature_dim, num_classes)
+        self.fc = fc if fc is not None else linear_head(backbone.feature_dim, num_classes)
 
     def forward(self, x: torch.Tensor, with_features: bool = False):
         """Logits; with `with_features`, (logits, pooled features) — for losses of the feature
@@ -314,6 +368,7 @@ def to_contiguous(model: nn.Module) -> nn.Module:
     return model.to(memory_format=torch.contiguous_format)
 
 
-__all__ = ["BACKBONES", "PEFT_MODES", "BackboneEntry", "Backbone", "CifarResNet", "Classifier", "WeightsError", "build_backbone",
+__all__ = ["BACKBONES", "HEAD_INITS", "HEAD_KINDS", "PEFT_MODES", "BackboneEntry", "Backbone", "CifarResNet", "Classifier",
+           "HeadSpec", "WeightsError", "build_backbone", "build_head", "text_features",
            "check_model_config", "CosineClassifier", "count_parameters", "create_backbone", "linear_head", "parse_pretrained",
            "resolve_arch", "to_channels_last", "to_contiguous"]

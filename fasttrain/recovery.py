@@ -31,7 +31,7 @@ from fasttrain.ema import restore_ema
 from fasttrain.environment import rng_state, set_rng_state
 from fasttrain.evaluation import class_names
 from fasttrain.guard import check_finite_state, non_finite
-from fasttrain.methods.base import load_exactly
+from fasttrain.model_state import checkpoint_weights, load_weights
 
 log = logging.getLogger("fasttrain")
 
@@ -99,7 +99,7 @@ def restore(path: Path, state: dict, *, model, learner, method, loader, current_
     model is a CheckpointError that names what differs (weights and config)."""
     diffs = config_differences(state.get("config", {}), current_config)
     try:
-        load_exactly(model, state["model"], "this run's model")
+        load_weights(model, state, "this run's model")
         if learner.optimizer is not None:
             learner.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -163,7 +163,7 @@ class LastCheckpoint:
     def _state(self, epoch_done: int, position: int | None, best: dict, history: list[dict]) -> dict:
         run, learner = self.run, self.run.learner
         own = rank_state(run.train_loader, run.method, position)
-        state = {"model": run.model.state_dict(),
+        state = {**checkpoint_weights(run.model, run.cfg.model),  # PEFT runs: trainable weights + reference
                  "optimizer": learner.optimizer.state_dict() if learner.optimizer is not None else None,
                  "scaler": learner.scaler.state_dict(), "method": own["method"], "loader": own["loader"],
                  "rng": own["rng"], "epoch": epoch_done,  # epochs fully completed

@@ -23,6 +23,7 @@ from fasttrain.config import to_dict
 from fasttrain.data import has_val_split
 from fasttrain.evaluation import evaluate_loader
 from fasttrain.guard import check_finite_state
+from fasttrain.model_state import WEIGHTS_REF, checkpoint_weights, load_weights
 from fasttrain.schema import ConfigError
 
 LEAK_NOTE = ("selected on test (the official codes' habit): the test set chose the epoch, so this accuracy "
@@ -94,7 +95,7 @@ class BestKeeper:
         if self.split != "last" and not self._selects_on_test_report():
             self._kept["weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if self.rank == 0:
-            save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1, "report": chosen,
+            save_checkpoint({**checkpoint_weights(model, self.cfg.model), "epoch": epoch + 1, "report": chosen,
                              "config": to_dict(self.cfg), "meta": self.meta}, self.run_dir / "best.pt")
 
     def selected(self, final_report: dict) -> dict:
@@ -116,7 +117,7 @@ class BestKeeper:
             return selected_section(self.split, self.best, stored["report"])
         model = self.run.model
         final = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(stored["weights"])
+        load_weights(model, {"model": stored["weights"], WEIGHTS_REF: stored.get("ref")}, "best.pt")
         test_report = evaluate_loader(self.run, self._loader("test"))
         model.load_state_dict(final)
         return selected_section(self.split, self.best, test_report)
@@ -140,5 +141,5 @@ class BestKeeper:
             if path is not None and path.is_file():
                 state = load_checkpoint(path)
                 if state.get("epoch") == self.best["epoch"] + 1:
-                    return {"report": state["report"], "weights": state["model"]}
+                    return {"report": state["report"], "weights": state["model"], "ref": state.get(WEIGHTS_REF)}
         return {}

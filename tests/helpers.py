@@ -119,3 +119,22 @@ def after_step_at(trainer, epoch: int, step: int, action) -> None:
             action()
 
     trainer.method.after_step = hooked
+
+
+def refuse_downloads(tmp_path: Path, monkeypatch) -> None:
+    """The library caches (HOME, TORCH_HOME, the Hugging Face hub) under `tmp_path`, and any download
+    raises: the backbone / CLIP tests never touch the network (the autouse fixtures of their files)."""
+    import urllib.error
+    import urllib.request
+
+    import huggingface_hub.constants as hf
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("downloads are disabled in the tests")
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)

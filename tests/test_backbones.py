@@ -6,13 +6,12 @@ autouse fixture points every cache at tmp_path and makes any download attempt fa
 from __future__ import annotations
 
 import os
-import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
-from helpers import lt_arrays, method_context
+from helpers import lt_arrays, method_context, refuse_downloads
 
 from fasttrain.backbones.torchvision_family import cache_path
 from fasttrain.backbones.weights import WeightsError
@@ -50,16 +49,7 @@ except ImportError:
 
 @pytest.fixture(autouse=True)
 def no_network(tmp_path, monkeypatch):
-    """torch.hub and the Hugging Face cache under tmp_path; any download raises."""
-    import huggingface_hub.constants as hf
-
-    def refuse(*args, **kwargs):
-        raise urllib.error.URLError("downloads are disabled in the tests")
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    refuse_downloads(tmp_path, monkeypatch)
 
 
 def _family(arch: str) -> str:

@@ -106,7 +106,8 @@ def test_gpu_plan_is_headline_first_and_fits_its_budget():
     from fasttrain.bench import loaders as L
 
     plan = G.parts(dry_run=False)
-    assert [p.name for p in plan] == ["step", "train", "step_cuda_graphs", "kernels", "pytest_gpu", "loaders"]
+    assert [p.name for p in plan] == ["step", "train", "step_cuda_graphs", "step_clip_torch", "step_clip_dali",
+                                      "kernels", "pytest_gpu", "loaders"]
     assert sum(p.share for p in plan) == pytest.approx(1.0)
     budget = G.DEFAULT_BUDGET_S
     assert budget == 480
@@ -116,12 +117,14 @@ def test_gpu_plan_is_headline_first_and_fits_its_budget():
     for i, part in enumerate(plan):
         timeouts[part.name] = left * part.share / sum(p.share for p in plan[i:])
         left -= timeouts[part.name]
-    assert min(timeouts.values()) >= 60 and left == pytest.approx(0, abs=1e-6)
+    assert min(timeouts.values()) >= 40 and left == pytest.approx(0, abs=1e-6)
     assert timeouts["train"] >= 100  # the 200-epoch headline: compile + 3 x 40 steps
     # kernels: a reduced sweep whose one compile group per kernel exists in it
     kp = argparse.ArgumentParser()
     K.add_arguments(kp)
-    kargs = kp.parse_args(_without_cuda(plan[3].argv[plan[3].argv.index("kernels") + 1:]))
+    by_name = {p.name: p for p in plan}
+    kernels, loaders, pytest_gpu = by_name["kernels"], by_name["loaders"], by_name["pytest_gpu"]
+    kargs = kp.parse_args(_without_cuda(kernels.argv[kernels.argv.index("kernels") + 1:]))
     sweep = K.sweep_plan(kargs, gpu=True)
     assert len(sweep["groups"]) <= 8 and sweep["reps"] == 20 and sweep["dtypes"] == [torch.bfloat16]
     named = set(kargs.compile_groups.split(","))
@@ -129,11 +132,11 @@ def test_gpu_plan_is_headline_first_and_fits_its_budget():
     # loaders: nothing that needs DALI or FFCV (the device has neither), 3 reps of 1,024 images
     lp = argparse.ArgumentParser()
     L.add_arguments(lp)
-    largs = lp.parse_args(_without_cuda(plan[5].argv[plan[5].argv.index("loaders") + 1:]))
+    largs = lp.parse_args(_without_cuda(loaders.argv[loaders.argv.index("loaders") + 1:]))
     assert (largs.reps, largs.images) == (3, 1024)
     assert not any(n.startswith(("dali", "ffcv")) for n in largs.only.split(","))
     # pytest: every outcome listed, a per-test limit
-    assert {"-v", "-rA"} <= set(plan[4].argv) and float(plan[4].env["FASTTRAIN_TEST_TIMEOUT_S"]) > 0
+    assert {"-v", "-rA"} <= set(pytest_gpu.argv) and float(pytest_gpu.env["FASTTRAIN_TEST_TIMEOUT_S"]) > 0
     # the install never reaches for the network (the device has none)
     assert "--no-index" in (ROOT / "benchmarks/gpu_oneshot.sh").read_text()
 
@@ -210,12 +213,12 @@ def test_gpu_dry_run_runs_every_part_and_writes_valid_reports(tmp_path):
                                                                  for p in summary["parts"] if p["status"] != "ok"]
     files = sorted(f.name for f in out.iterdir())
     assert len(files) <= G.MAX_FILES and "pytest_gpu.log" in files
-    for name in ("kernels", "step", "step_cuda_graphs", "train", "loaders"):
+    for name in ("kernels", "step", "step_cuda_graphs", "train", "loaders", "step_clip_torch", "step_clip_dali"):
         report = summary["reports"][name]
         assert H.validate_report(report) == [], name
         assert any("median" in r for r in report["results"]), name
         assert report["device"]["name"] and report["versions"]["torch"] == torch.__version__
-        assert report["config"]["dry_run"] is True
+        assert report["config"]["dry_run"] is (not name.startswith("step_clip"))  # the twin trains at its size
         assert summary["parts"][[p["name"] for p in summary["parts"]].index(name)]["png_bytes"] > 1000
     assert any(f.startswith("step_") and f.endswith(".png") for f in files)
     step = summary["reports"]["step"]
@@ -223,6 +226,10 @@ def test_gpu_dry_run_runs_every_part_and_writes_valid_reports(tmp_path):
     by = {r["name"]: r for r in step["results"]}  # one sample each in a dry run: only the definition holds
     assert step["loader_efficiency"] == pytest.approx(by["loader"]["median"] / by["ceiling"]["median"])
     assert summary["reports"]["train"]["extrapolation"]["full_run_s"] > 0
+    for backend in ("torch", "dali"):  # LIFT's step on the CPU twin, fed by each loader
+        clip = summary["reports"][f"step_clip_{backend}"]
+        assert (clip["config"]["arch"], clip["config"]["backend"]) == ("open_clip/ViT-B-16", backend)
+        assert clip["loader_efficiency"] > 0
 
 
 # --- the official suite ----------------------------------------------------------------------

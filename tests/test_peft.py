@@ -5,13 +5,13 @@ are skipped where open_clip (the optional extra `clip`) is not installed."""
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+
+from helpers import refuse_downloads
 
 from fasttrain.backbones.weights import WeightsError
 from fasttrain.config import ModelConfig
@@ -36,18 +36,7 @@ CLIP_KWARGS = {"embed_dim": 16,
 
 @pytest.fixture(autouse=True)
 def no_network(tmp_path, monkeypatch):
-    """The Hugging Face cache and ~/.cache/clip under tmp_path; any download raises."""
-    import huggingface_hub.constants as hf
-
-    def refuse(*args, **kwargs):
-        raise urllib.error.URLError("downloads are disabled in the tests")
-
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
-    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    refuse_downloads(tmp_path, monkeypatch)
 
 
 def _random_state(module: nn.Module, seed: int) -> dict:

@@ -217,4 +217,45 @@ def test_a_run_resumed_with_other_threads_says_so(two_runs, tmp_path):
     dest = record_run(run, tmp_path / "acc")
     assert json.loads((dest / "record.json").read_text())["threads_per_start"] == [2, 1, 1]
     assert _machine([load_record(dest)]).endswith(", 2 then 1 threads")
-    assert _machine([load_record(record_run(two_runs[0], tmp_path / "acc2"))]).endswith(f", {starts[0]['threads']} threads")
+    n = starts[0]["threads"]
+    assert _machine([load_record(record_run(two_runs[0], tmp_path / "acc2"))]).endswith(f", {n} thread{'s' if n > 1 else ''}")
+
+
+def test_a_stage_directory_is_recorded_under_the_name_given(two_runs, tmp_path):
+    """A stage's config name is `<run>/<stage>`: its record needs --name (the results table's run name)."""
+    shutil.copytree(two_runs[0], tmp_path / "run")  # the run's first stage (2 epochs), its stage inside
+    stage = tmp_path / "run" / "crt"
+    shutil.copytree(two_runs[0], stage)
+    config = (stage / "config.yaml").read_text()
+    (stage / "config.yaml").write_text(config.replace("name: tiny_ce", "name: tiny_ce/crt", 1))
+    with pytest.raises(ResultsError, match="a stage of run tiny_ce.*--name"):
+        record_run(stage, tmp_path / "acc")
+    dest = record_run(stage, tmp_path / "acc", name="tiny_crt")
+    assert dest == tmp_path / "acc" / "synthetic" / "tiny_crt" / "seed0"
+    meta = json.loads((dest / "record.json").read_text())
+    assert (meta["name"], meta["config_name"]) == ("tiny_crt", "tiny_ce/crt")
+    assert meta["epoch_offset"] == 2  # the figure draws the stage after its run's 2 epochs
+    assert load_record(dest).name == "tiny_crt"
+
+
+def test_a_post_hoc_stage_is_recorded_without_epochs_and_labelled(two_runs, tmp_path):
+    """τ-norm trains nothing: no metrics.jsonl, no best epoch; its one evaluation is both readings."""
+    from fasttrain.results.tables import dataset_table
+
+    run = tmp_path / "posthoc"
+    shutil.copytree(two_runs[0], run)
+    (run / "metrics.jsonl").unlink()
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "epochs": [], "best": {"top1": -1.0, "epoch": -1},
+                                                  "wall_s": 12.5}))
+    dest = record_run(run, tmp_path / "own")
+    meta = json.loads((dest / "record.json").read_text())
+    assert (meta["epochs"], meta["wall_s"]) == (0, 12.5) and not (dest / "metrics.jsonl").exists()
+    record = load_record(dest)
+    assert (record.best_top1, record.best_epoch, record.curve) == (summary["final"]["top1"], None, [])
+    (run / "summary.json").write_text(json.dumps(summary))  # a trained run without metrics is still refused
+    with pytest.raises(ResultsError, match="missing metrics.jsonl"):
+        record_run(run, tmp_path / "own2")
+    spec = load_spec(_record_dir(two_runs, tmp_path))
+    table = dataset_table(spec, [record], "synthetic")
+    assert f"| {summary['final']['top1']:.2f} (post-hoc) |" in table

@@ -7,6 +7,8 @@ first, so the part a short budget cuts off is the least important one:
 1. step: the GLMC CIFAR-10-LT step, bf16, channels-last, torch.compile; loader efficiency;
 2. train: a timed slice of the GLMC CIFAR-10-LT run extrapolated to 200 epochs (target ≤ 3 min);
 3. step with CUDA graphs (`--compile-mode reduce-overhead`), recorded as failed if they do not work;
+3b. the LIFT step (CLIP ViT-B/16 + AdaptFormer, random weights, synthetic 500x400 JPEGs): img/s and
+   loader efficiency fed by the torch DataLoader, then by DALI (failed where DALI is absent);
 4. kernels: fused mix / soft-CE vs reference, eager, torchvision v2 — a reduced sweep (KERNEL_ARGS:
    bf16, 20 repetitions, one torch.compile baseline per kernel instead of a cold compile per group);
 5. pytest -m gpu (fused kernels vs references compiled for the GPU, the SSD no-sync tests first,
@@ -45,6 +47,15 @@ MAX_FILES = 8
 MAX_FILE_BYTES = 16 * 2**20
 LOG_TAIL_BYTES = 2 * 2**20
 GLMC = ["--config", "glmc/cifar10_lt_r100", "data.dataset=synthetic_cifar10_lt"]
+# LIFT's CLIP ViT-B/16 + AdaptFormer step (random weights: model.pretrained null) on synthetic
+# ImageNet-sized JPEGs (100 classes, 500x400): the job whose cheap backward leaves the step to the
+# loader. Its dry run trains the CPU twin instead (the bench's CIFAR dry-run overrides do not fit a CLIP).
+CLIP = ["--config", "lift/imagenet_lt_clip_vit_b16", "model.pretrained=null", "data.dataset=synthetic",
+        "data.root=/tmp/fasttrain_bench_clip_corpus", "data.train_list=null", "data.num_classes=100",
+        "data.synthetic_max_per_class=24", "data.synthetic_imbalance=8", "data.synthetic_test_per_class=1",
+        "loader.num_workers=8", "train.amp=bf16"]
+CLIP_DRY = ["--config", "lift/synthetic_clip_tiny", "model.pretrained=null", "data.root=/tmp/fasttrain_bench_clip_tiny"]
+CLIP_DRY_OPTIONS = ["--device", "cpu", "--reps", "1", "--steps", "1", "--warmup", "1"]
 
 
 @dataclass
@@ -54,6 +65,9 @@ class Part:
     share: float  # of the remaining budget, relative to the parts still to run
     suite: str | None = None  # its report is a bench suite's JSON
     keep_png: bool = False
+    # Its JSON as a file of its own in --out; False: only inside gpu_summary.json (the 8-file cap
+    # keeps the headline parts' files and the pytest log)
+    own_file: bool = True
     env: dict[str, str] = field(default_factory=dict)  # added to the child's environment
     result: dict = field(default_factory=dict)
 
@@ -81,15 +95,19 @@ def parts(dry_run: bool) -> list[Part]:
     out = [
         # Headline first: a part the budget cuts off should be the least important one.
         Part("step", [*bench, "step", *GLMC, "train.amp=bf16", "model.channels_last=true", "train.compile=true",
-                      *cuda, *dry], 0.17, suite="step", keep_png=True),
+                      *cuda, *dry], 0.15, suite="step", keep_png=True),
         Part("train", [*bench, "train", *GLMC, "train.amp=bf16", "train.compile=true", "--full-epochs", "200",
-                       "--epochs", "3", "--steps", "40", *cuda, *dry], 0.24, suite="train"),
+                       "--epochs", "3", "--steps", "40", *cuda, *dry], 0.22, suite="train"),
         Part("step_cuda_graphs", [*bench, "step", *GLMC, "train.amp=bf16", "model.channels_last=true",
                                   "--compile-mode", "reduce-overhead", "--tag",
-                                  "cuda_graphs", *cuda, *dry], 0.14, suite="step"),
-        Part("kernels", [*bench, "kernels", *([] if dry_run else KERNEL_ARGS), *cuda, *dry], 0.16, suite="kernels"),
-        Part("pytest_gpu", pytest_args, 0.14, env={"FASTTRAIN_TEST_TIMEOUT_S": str(PYTEST_TEST_TIMEOUT_S)}),
-        Part("loaders", [*bench, "loaders", *LOADER_ARGS, *cuda, *dry], 0.15, suite="loaders"),
+                                  "cuda_graphs", *cuda, *dry], 0.11, suite="step"),
+        # The CLIP step fed by the torch DataLoader, then by DALI (failed where DALI is not installed).
+        *[Part(f"step_clip_{backend}", [*bench, "step", *(CLIP_DRY if dry_run else CLIP), f"loader.backend={backend}",
+                                        "--tag", f"clip_{backend}", *cuda, *(CLIP_DRY_OPTIONS if dry_run else [])],
+               0.09, suite="step", own_file=False) for backend in ("torch", "dali")],
+        Part("kernels", [*bench, "kernels", *([] if dry_run else KERNEL_ARGS), *cuda, *dry], 0.11, suite="kernels"),
+        Part("pytest_gpu", pytest_args, 0.12, env={"FASTTRAIN_TEST_TIMEOUT_S": str(PYTEST_TEST_TIMEOUT_S)}),
+        Part("loaders", [*bench, "loaders", *LOADER_ARGS, *cuda, *dry], 0.11, suite="loaders"),
     ]
     if dry_run:  # compiling on a CPU takes minutes: the dry run checks the plumbing without it
         for part in out:
@@ -192,7 +210,7 @@ def run(args, argv) -> dict:
             for f in sorted((scratch / part.name).glob("*.json")):
                 report = json.loads(f.read_text())
                 summary["reports"][part.name] = report
-                res["file"] = f.name if out.put(f.name, f.read_bytes()) else None
+                res["file"] = f.name if part.own_file and out.put(f.name, f.read_bytes()) else None
             for f in sorted((scratch / part.name).glob("*.png")):
                 res["png_bytes"] = f.stat().st_size
                 if part.keep_png:

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from fasttrain.augment import Augmenter
+from fasttrain.models import HeadSpec, build_head
 from fasttrain.schema import build_dataclass, check_fields, option
 
 METHODS: dict[str, type["Method"]] = {}
@@ -139,6 +140,14 @@ class MethodContext:
     # method is being trained; None when it only builds a structure (a later stage's base model,
     # evaluation), so checks that concern training (e.g. SSD's queue size) are skipped.
     stream_batch_size: int | None = None
+    # model.head of the methods that build one `fc` head (`configurable_head`), and the class names
+    # a text-initialised head prompts with (set only for model.head_init: text)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    class_names: list[str] | None = None
+
+    def new_head(self, backbone: nn.Module) -> nn.Module:
+        """The `fc` head model.head asks for (fasttrain.models.build_head)."""
+        return build_head(self.head, backbone, self.num_classes, self.class_names)
 
 
 def handoff(model: nn.Module) -> nn.Module:
@@ -192,6 +201,9 @@ class Method:
     # cross-entropy terms. False: the config refuses a non-zero value for this method rather than
     # ignore it (see `label_smoothing_refusal`).
     applies_label_smoothing: ClassVar[bool] = False
+    # The method's model is backbone + one `fc` head built by `ctx.new_head` (model.head / head_init
+    # apply); False: the config refuses a non-default model.head for this method.
+    configurable_head: ClassVar[bool] = False
 
     @classmethod
     def label_smoothing_refusal(cls, cfg: MethodConfig) -> str | None:

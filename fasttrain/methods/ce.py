@@ -63,6 +63,7 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weights
 @register("ce", CEConfig)
 class CrossEntropy(Method):
     applies_label_smoothing = True
+    configurable_head = True
     # Per-class offset added to the logits in the training loss only (Balanced Softmax,
     # Logit Adjustment subclass this and set it); None = plain CE.
     train_offset: torch.Tensor | None = None
@@ -81,7 +82,7 @@ class CrossEntropy(Method):
         return super().label_smoothing_refusal(cfg)
 
     def new_model(self, backbone: nn.Module) -> nn.Module:
-        return Classifier(backbone, self.ctx.num_classes)
+        return Classifier(backbone, self.ctx.num_classes, self.ctx.new_head(backbone))
 
     def loss(self, model, batch, progress):
         (x,) = self.ctx.augmenter.views(batch)

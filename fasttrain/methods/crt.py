@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from fasttrain.kernels.soft_ce import soft_target_cross_entropy
-from fasttrain.methods.base import Progress, register
+from fasttrain.methods.base import register
 from fasttrain.methods.retrain import HeadRetrainConfig, HeadRetraining
 
 
@@ -34,10 +33,3 @@ class CRT(HeadRetraining):
         if self.cfg.reinit:
             head.reset_parameters()
         self.freeze_all_but(model, [p for p in (head.weight, head.bias) if p is not None])
-
-    def loss(self, model, batch, progress: Progress):
-        (x,) = self.ctx.augmenter.views(batch)
-        logits = self.head_of(model)(self.features(model, x))
-        loss = soft_target_cross_entropy(logits, y_a=batch.labels, impl=self.ctx.loss_impl,
-                                         label_smoothing=self.ctx.label_smoothing)
-        return loss, {"loss": loss.detach()}

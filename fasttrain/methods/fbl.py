@@ -62,13 +62,14 @@ def balanced_logits(logits: torch.Tensor, features: torch.Tensor, stimulus: torc
 @register("fbl", FBLConfig)
 class FBL(Method):
     applies_label_smoothing = True
+    configurable_head = True
 
     def __init__(self, cfg: FBLConfig, ctx):
         super().__init__(cfg, ctx)
         self.stimulus = fbl_stimulus(ctx.train_counts, cfg.stimulus_norm == "max").to(ctx.device)
 
     def new_model(self, backbone: nn.Module) -> nn.Module:
-        return Classifier(backbone, self.ctx.num_classes)
+        return Classifier(backbone, self.ctx.num_classes, self.ctx.new_head(backbone))
 
     def loss(self, model, batch, progress: Progress):
         cfg, aug = self.cfg, self.ctx.augmenter

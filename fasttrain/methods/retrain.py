@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fasttrain.methods.base import StageMethod, StageMethodConfig, StreamSpec
+from fasttrain.kernels.soft_ce import soft_target_cross_entropy
+from fasttrain.methods.base import Progress, StageMethod, StageMethodConfig, StreamSpec
 from fasttrain.samplers import SAMPLERS
 from fasttrain.schema import option
 
@@ -46,7 +47,7 @@ class ScaledLinear(nn.Module):
 
 
 class HeadRetraining(StageMethod):
-    """Base of the frozen-backbone stages; subclasses pick the trainable parameters and the loss."""
+    """Base of the frozen-backbone stages; subclasses pick the trainable parameters (MaxNorm also its loss)."""
 
     config_class = HeadRetrainConfig
     head_types: tuple[type, ...] = (nn.Linear,)
@@ -82,6 +83,15 @@ class HeadRetraining(StageMethod):
             model.backbone.eval()  # the trainer puts the whole model in train mode per epoch
         with torch.no_grad():
             return model.backbone(x)
+
+    def loss(self, model: nn.Module, batch, progress: Progress):
+        """Plain (soft-label) cross-entropy of the head on the frozen features: cRT's and LWS's loss
+        (MaxNorm adds its own terms)."""
+        (x,) = self.ctx.augmenter.views(batch)
+        logits = self.head_of(model)(self.features(model, x))
+        loss = soft_target_cross_entropy(logits, y_a=batch.labels, impl=self.ctx.loss_impl,
+                                         label_smoothing=self.ctx.label_smoothing)
+        return loss, {"loss": loss.detach()}
 
     @torch.no_grad()
     def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

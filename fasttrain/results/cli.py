@@ -100,12 +100,14 @@ def record_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", type=Path, default=DEFAULT_DIR, help=f"the results directory (default {DEFAULT_DIR})")
     p.add_argument("--note", default="", help="what differs from the shipped config, e.g. the loader backend")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record of this run and seed")
+    p.add_argument("--name", help="the record's run name (default: the config's name); needed for a stage "
+                                  "directory, e.g. --name crt_cifar10_lt_r100 for <run>/crt")
     return p
 
 
 def _record(argv: list[str]) -> int:
     args = record_parser().parse_args(argv)
-    print(record_run(Path(args.run_dir), args.into, note=args.note, overwrite=args.overwrite))
+    print(record_run(Path(args.run_dir), args.into, note=args.note, overwrite=args.overwrite, name=args.name))
     return 0
 
 

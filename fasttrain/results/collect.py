@@ -21,7 +21,7 @@ class Record:
     medium: float | None
     few: float | None
     best_top1: float  # the best evaluated epoch, chosen on `best_on` (the papers' reading when `test`)
-    best_epoch: int
+    best_epoch: int | None  # None: a post-hoc run (nothing trained; its one evaluation is both readings)
     best_on: str
     curve: list[tuple[int, float]]  # (epoch, top-1) of every evaluated epoch
     epochs: int
@@ -33,6 +33,7 @@ class Record:
     note: str
     path: Path
     threads_per_start: tuple = ()  # the threads of every start (first, then each --resume)
+    epoch_offset: int = 0  # a stage's record: the epochs its run trained before it (the figure's x offset)
 
 
 @dataclass
@@ -75,17 +76,20 @@ def load_record(folder: Path) -> Record:
     summary = read_json(folder / "summary.json")
     where = folder / "summary.json"
     final, best = _need(summary, "final", where), _need(summary, "best", where)
-    metrics = read_metrics(folder / "metrics.jsonl")
+    metrics = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    post_hoc = int(best.get("epoch", -1)) < 0 and not metrics
     curve = [(int(r["epoch"]), float(r["top1"])) for r in metrics if r.get("top1") is not None]
     return Record(
         dataset=_need(meta, "dataset", folder / RECORD_JSON), name=_need(meta, "name", folder / RECORD_JSON),
         seed=_need(meta, "seed", folder / RECORD_JSON), top1=float(_need(final, "top1", where)),
         many=final.get("many"), medium=final.get("medium"), few=final.get("few"),
-        best_top1=float(_need(best, "top1", where)), best_epoch=int(_need(best, "epoch", where)),
+        best_top1=float(final["top1"] if post_hoc else _need(best, "top1", where)),
+        best_epoch=None if post_hoc else int(_need(best, "epoch", where)),
         best_on=best.get("on", "test"), curve=curve, epochs=int(_need(meta, "epochs", folder / RECORD_JSON)),
         wall_s=float(_need(meta, "wall_s", folder / RECORD_JSON)), cpu_model=meta.get("cpu_model"),
         gpu=meta.get("gpu"), threads=meta.get("threads"), git_commit=meta.get("git_commit"),
-        note=meta.get("note", ""), path=folder, threads_per_start=tuple(meta.get("threads_per_start") or ()))
+        note=meta.get("note", ""), path=folder, threads_per_start=tuple(meta.get("threads_per_start") or ()),
+        epoch_offset=int(meta.get("epoch_offset", 0)))
 
 
 def load_records(root: Path) -> list[Record]:

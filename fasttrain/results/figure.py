@@ -1,5 +1,6 @@
 """The results figure of one dataset: top-1 against epoch for every recorded run (one line per
-seed), and the last epoch's many / medium / few as grouped bars (mean over seeds)."""
+seed; a later stage's curve starts after the epochs its run trained before it, a post-hoc stage is
+one marker there), and the last epoch's many / medium / few as grouped bars (mean over seeds)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,12 +19,14 @@ def plot_dataset(records: list[Record], dataset: str, path: Path) -> Path:
     runs = [r for r in records if r.dataset == dataset]
     names = sorted({r.name for r in runs})
     fig, (curves, bars) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
-    colours = plt.get_cmap("tab10")
+    colours = plt.get_cmap("tab20")
     for i, name in enumerate(names):
         for k, r in enumerate(sorted((r for r in runs if r.name == name), key=lambda r: r.seed)):
-            epochs, top1 = zip(*r.curve) if r.curve else ((), ())
-            curves.plot(epochs, top1, color=colours(i % 10), lw=1.2, alpha=1.0 if k == 0 else 0.5,
-                        label=f"{name} ({r.top1:.2f})" if k == 0 else None)
+            # The epoch numbers are 0-based; curves run 1..E after the run's earlier stages.
+            points = r.curve or ([(-1, r.top1)] if r.best_epoch is None else [])
+            epochs = [r.epoch_offset + e + 1 for e, _ in points]
+            curves.plot(epochs, [t for _, t in points], color=colours(i % 20), lw=1.2, alpha=1.0 if k == 0 else 0.5,
+                        marker="o" if len(points) == 1 else None, label=f"{name} ({r.top1:.2f})" if k == 0 else None)
     curves.set(xlabel="epoch", ylabel="top-1 (%)", title=f"{dataset}: top-1 per evaluated epoch (legend: last epoch)")
     curves.grid(alpha=0.3)
     curves.legend(fontsize=8, loc="lower right")
@@ -37,7 +40,7 @@ def plot_dataset(records: list[Record], dataset: str, path: Path) -> Path:
             vals = [getattr(r, g) for r in same if getattr(r, g) is not None]
             values.append(sum(vals) / len(vals) if vals else 0.0)
         bars.bar([j + (i - (len(names) - 1) / 2) * width for j in range(len(groups))], values, width,
-                 color=colours(i % 10), label=name)
+                 color=colours(i % 20), label=name)
     bars.set_xticks(range(len(groups)), groups)
     bars.set(ylabel="top-1 (%)", ylim=(0, 100), title="last epoch, by class frequency group")
     bars.grid(axis="y", alpha=0.3)

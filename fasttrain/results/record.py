@@ -83,10 +83,34 @@ def wall_seconds(metrics: list[dict]) -> float:
     return total + last
 
 
-def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = False) -> Path:
-    """Copy the finished run `run_dir` into the record under `root`; returns the record folder."""
+def epoch_offset(run_dir: Path, config_name: str) -> int:
+    """The epochs trained before this stage of its run (the root's and every earlier stage's), so the
+    figure draws a stage's curve after them; 0 for a run that is not a stage."""
+    if "/" not in config_name:
+        return 0
+    root, stage = run_dir.parent, config_name.split("/", 1)[1]
+    names = [s.get("name") for s in (read_yaml(root / "config.yaml").get("stages") or [])] if (
+        root / "config.yaml").is_file() else []
+    earlier = [root] + [root / n for n in names[:names.index(stage)]] if stage in names else [root]
+    return sum(len(read_metrics(d / "metrics.jsonl")) for d in earlier if (d / "metrics.jsonl").is_file())
+
+
+def _trained_nothing(run_dir: Path) -> bool:
+    """A finished post-hoc run: its summary lists no trained epoch."""
+    path = run_dir / "summary.json"
+    return path.is_file() and read_json(path).get("epochs") == [] and "final" in read_json(path)
+
+
+def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = False, name: str | None = None) -> Path:
+    """Copy the finished run `run_dir` into the record under `root`; returns the record folder.
+
+    The record is named after the run's config `name`, or `name`: a stage directory (config name
+    `<run>/<stage>`, e.g. cRT after CE) needs one, as does the first stage of a run whose result is
+    recorded under another config's name (GLMC inside a GLMC + MaxNorm run)."""
     run_dir, root = Path(run_dir), Path(root)
-    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    # A post-hoc stage (tau-norm: train.epochs 0) evaluates once and writes no metrics.jsonl.
+    optional = {"metrics.jsonl"} if _trained_nothing(run_dir) else set()
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file() and name not in optional]
     if missing:
         raise ResultsError(f"{run_dir}: not a finished run directory (missing {', '.join(missing)}); "
                            "a run writes summary.json and per_class.csv when its last epoch is done")
@@ -99,15 +123,20 @@ def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = Fals
         raise ResultsError(f"{run_dir}: no provenance.json (command, commit and machine unknown); runs started "
                            "by this version of fasttrain write it")
     seed = config.get("seed")
-    dest = root / dataset_tag(config) / str(config.get("name") or run_dir.name) / f"seed{seed}"
+    config_name = str(config.get("name") or run_dir.name)
+    name = name or config_name
+    if "/" in name:
+        raise ResultsError(f"{run_dir}: a stage of run {config_name.split('/')[0]} (config name {config_name}); "
+                           "give its record a name with --name, e.g. the run's name as the results table lists it")
+    dest = root / dataset_tag(config) / name / f"seed{seed}"
     if dest.exists():
         if not overwrite:
             raise ResultsError(f"{dest} already holds a record; pass --overwrite to replace it")
         shutil.rmtree(dest)
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+    metrics = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     first = starts[0]
     record = {
-        "name": config.get("name"), "dataset": dataset_tag(config), "seed": seed, "method": summary.get("method"),
+        "name": name, "config_name": config_name, "dataset": dataset_tag(config), "seed": seed, "method": summary.get("method"),
         "command": first.get("command"), "resumes": [s.get("command") for s in starts[1:]],
         "git_commit": first.get("git_commit"), "git_dirty": first.get("git_dirty"),
         "commits": sorted({s.get("git_commit") for s in starts if s.get("git_commit")}),
@@ -115,12 +144,14 @@ def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = Fals
         "threads_per_start": [s.get("threads") for s in starts],  # a resume may have run with other threads
         "gpu": first.get("gpu"), "env": first.get("env", {}), "versions": first.get("versions") or summary.get("versions"),
         "device": summary.get("device"), "amp": summary.get("amp"), "processes": summary.get("processes", 1),
-        "epochs": len(metrics), "wall_s": round(wall_seconds(metrics), 1),
+        "epochs": len(metrics), "epoch_offset": epoch_offset(run_dir, config_name),
+        "wall_s": round(wall_seconds(metrics) if metrics else float(summary.get("wall_s", 0.0)), 1),
         "started": first.get("started"), "note": note,
         "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     dest.mkdir(parents=True)
     for name in (*RUN_FILES, provenance.FILE):
-        shutil.copy2(run_dir / name, dest / name)
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
     (dest / RECORD_JSON).write_text(json.dumps(record, indent=1) + "\n")
     return dest

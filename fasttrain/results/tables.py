@@ -30,16 +30,23 @@ def _groups(r: list[Record]) -> str:
     return " / ".join(one(a) for a in ("many", "medium", "few"))
 
 
+def _note(row: Row | None, dataset: str) -> str:
+    """ " (note)" of a table row's cell, e.g. " (τ on test)"; "" without one."""
+    note = row.notes.get(dataset) if row else None
+    return f" ({note})" if note else ""
+
+
 def _threads(r: Record) -> str:
     """The run's thread count, or each count in the order the run's starts used them ("2 then 1")."""
     counts = [t for t in r.threads_per_start if t is not None]
     distinct = [t for i, t in enumerate(counts) if i == 0 or t != counts[i - 1]]
-    return " then ".join(map(str, distinct)) if len(distinct) > 1 else str(r.threads)
+    text = " then ".join(map(str, distinct)) if len(distinct) > 1 else str(r.threads)
+    return f"{text} thread" + ("" if text == "1" else "s")
 
 
 def _machine(r: list[Record]) -> str:
     first = r[0]
-    where = first.gpu or f"{first.cpu_model or 'CPU'}, {_threads(first)} threads"
+    where = first.gpu or f"{first.cpu_model or 'CPU'}, {_threads(first)}"
     return f"{_mean([x.wall_s for x in r]) / 3600:.2f} h, {where}"
 
 
@@ -66,11 +73,11 @@ def dataset_table(spec: TableSpec, records: list[Record], dataset: str) -> str:
         best = _fmt([r.best_top1 for r in runs])
         on = {r.best_on for r in runs}
         label = "" if on == {"test"} else f" on {'/'.join(sorted(on))}"
-        epochs_best = ", ".join(str(r.best_epoch) for r in runs)
+        epochs_best = ", ".join("post-hoc" if r.best_epoch is None else str(r.best_epoch) for r in runs)
         pub = row.published.get(dataset) if row else None
         gap = f"{_mean([r.best_top1 for r in runs]) - pub.top1:+.2f}" if pub else "–"
         lines.append(
-            f"| {row.method if row else name} | `{name}` | **{_fmt([r.top1 for r in runs])}** | {best}{label} "
+            f"| {row.method if row else name} | `{name}` | **{_fmt([r.top1 for r in runs])}**{_note(row, dataset)} | {best}{label} "
             f"({epochs_best}) | {_groups(runs)} | {f'{pub.top1:.2f} ({pub.source})' if pub else '–'} | {gap} "
             f"| {', '.join(str(r.seed) for r in runs)} | {max(r.epochs for r in runs)} | {_machine(runs)} |")
     return "\n".join(lines)
@@ -85,8 +92,8 @@ def comparison_table(spec: TableSpec, records: list[Record]) -> str:
         cells = []
         for tag in spec.columns:
             runs = runs_of(records, tag, row.runs[tag]) if tag in row.runs else []
-            if runs:
-                cells.append(f"{_mean([r.top1 for r in runs]):.2f}")
+            if runs:  # a measured cell keeps its note (e.g. "τ on test": the choice saw the test set)
+                cells.append(f"{_mean([r.top1 for r in runs]):.2f}" + _note(row, tag))
             elif tag in row.runs or tag in row.notes:
                 note = row.notes.get(tag)
                 cells.append(f"{UNMEASURED} ({note})" if note else UNMEASURED)
@@ -111,7 +118,7 @@ def measured_table(spec: TableSpec, records: list[Record], link_base: str | None
             where = f"{tag}/{name}/"
             record = f"[{where}]({link_base.rstrip('/')}/{where})" if link_base is not None else f"`{where}`"
             lines.append(f"| {row.method if row else name} | {spec.columns.get(tag, tag)} "
-                         f"| **{_fmt([r.top1 for r in runs])}** | {_fmt([r.best_top1 for r in runs])} "
+                         f"| **{_fmt([r.top1 for r in runs])}**{_note(row, tag)} | {_fmt([r.best_top1 for r in runs])} "
                          f"| {f'{pub.top1:.2f}' if pub else '–'} | {record} |")
     return "\n".join(lines)
 

@@ -30,7 +30,7 @@ from fasttrain.ema import build_ema
 from fasttrain.environment import amp_dtype, resolve_channels_last, resolve_device, seed_everything
 from fasttrain.loaders import build_loader
 from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
-from fasttrain.model_state import WEIGHTS_REF, load_weights, trainable_only
+from fasttrain.model_state import WEIGHTS_REF, load_weights, mark_pretrained_frozen, trainable_only
 from fasttrain.models import HeadSpec, WeightsError, build_backbone, to_channels_last, to_contiguous
 from fasttrain.optimizers import build_optimizer  # noqa: F401 - also fasttrain.build's name for it
 from fasttrain.samplers import EvalShard, build_sampler
@@ -110,6 +110,8 @@ def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous:
                                f"{cfg.model.peft}); the frozen rest comes from model.pretrained={cfg.model.pretrained}, "
                                f"which could not be loaded: {str(exc).splitlines()[0]}") from None
     model = method.build_model(backbone, previous)
+    if partial and backbone is not None and previous is None:
+        mark_pretrained_frozen(model)  # before any stage method freezes more: what checkpoints leave out
     if backbone is not None and cfg.model.peft != "none" and training:
         log.info("%s", peft.describe(cfg.model.peft, peft.parameter_counts(model, backbone)))
     if cfg.model.init_from:
@@ -119,7 +121,7 @@ def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous:
             # model's weights; a later stage drops what its hand-off leaves behind, SSD's
             # distillation loads the checkpoint into its teacher (Method.load_init_state).
             if WEIGHTS_REF in state:  # a parameter-efficient run's trainable weights over the pretrained ones
-                load_weights(model, state, f"model.init_from={cfg.model.init_from}")
+                load_weights(model, state, f"model.init_from={cfg.model.init_from}", cfg.model)
             else:
                 method.load_init_state(model, state["model"])
         except RuntimeError as exc:
@@ -217,9 +219,11 @@ def eval_shard(n: int, batch_size: int, dctx: distributed.DistContext) -> list |
     return [EvalShard(n, batch_size, dctx.rank, dctx.world_size)]
 
 
-def build_split_loader(run: Run, split: str, sharded: bool = False):
+def build_split_loader(run: Run, split: str, sharded: bool = False, tte: bool = True):
     """An eval-order loader over `split` (test | val) of the run's dataset, e.g. the calibration
-    split of a post-hoc method. The dataset's own builder says when a split does not exist."""
+    split of a post-hoc method. The dataset's own builder says when a split does not exist.
+    `tte=False`: single centre crops even under augment.eval_tte (a method's own calibration pass
+    feeds the loader's images to the model as they are)."""
     cfg = copy.deepcopy(run.cfg)
     cfg.data.eval_split = split
     _, dataset = build_datasets(cfg)
@@ -227,4 +231,5 @@ def build_split_loader(run: Run, split: str, sharded: bool = False):
     # calibration reads the whole split on every rank, so every rank chooses the same parameters.
     shard = eval_shard(len(dataset), cfg.loader.eval_batch_size, run.dist) if sharded else None
     return build_loader(cfg.loader.backend, dataset, shard, batch_size=cfg.loader.eval_batch_size, num_views=1,
-                        device=run.device, augment=eval_augment(cfg.augment), loader=cfg.loader, train=False, seed=cfg.seed)
+                        device=run.device, augment=eval_augment(cfg.augment) if tte else cfg.augment, loader=cfg.loader,
+                        train=False, seed=cfg.seed)

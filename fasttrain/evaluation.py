@@ -169,7 +169,7 @@ def checkpoint_evaluation(path: str | Path, overrides: list[str] | None = None, 
                          if k not in ("sampler", "sampler_q", "class_aware_k")}
     cfg = config_from_dict(raw, f"{path} (stored config)")
     run = build_run(cfg)
-    load_weights(run.model, state, str(path))
+    load_weights(run.model, state, str(path), cfg.model)
     report = evaluate(run, confusion)
     report["head"] = run.method.prediction_head()
     return report, run

@@ -46,7 +46,7 @@ def load_for_inference(path: str | Path, device: str = "auto"):
                      mean=tuple(meta["mean"]), std=tuple(meta["std"]))
     cfg.loader.backend = "torch"  # predictions read image files
     run = build_run(cfg, datasets=(stub, stub))
-    load_weights(run.model, state, str(path))
+    load_weights(run.model, state, str(path), cfg.model)
     run.model.eval()
     return run, meta
 

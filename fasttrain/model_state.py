@@ -2,12 +2,15 @@
 
 A run that trains every weight stores them all. A parameter-efficient run (`model.peft` other than
 none / full, on `model.pretrained` weights) trains adapters, prompts or biases and a head — often
-well under 1 % of a ViT — so its checkpoints (last.pt, best.pt) hold only the trainable parameters
-and the buffers, plus `weights_ref`: the pretrained weights the frozen rest is rebuilt from. Loading
-such a checkpoint builds the model with those weights first (fasttrain.build), then lays the stored
-tensors over it; a missing weights file is one line that says so.
+well under 1 % of a ViT — so its checkpoints (last.pt, best.pt) hold every weight except the
+pretrained ones model.peft froze (adapters, head, buffers; a later stage keeps the adapters it froze
+in turn), plus `weights_ref`: the pretrained weights the frozen rest is rebuilt from and the keys left
+out. Loading such a checkpoint builds the model with those weights first (fasttrain.build), then lays
+the stored tensors over it; a missing weights file is one line that says so.
 """
 from __future__ import annotations
+
+import logging
 
 import torch.nn as nn
 
@@ -15,6 +18,12 @@ from fasttrain.checkpoint import CheckpointError
 from fasttrain.methods.base import load_exactly
 
 WEIGHTS_REF = "weights_ref"  # the checkpoint key of a trainable-only checkpoint's reference
+# The model attribute naming the state keys that are pretrained and frozen by model.peft, set once
+# when a parameter-efficient model is built (before any stage freezes more): what requires_grad says at
+# save time is no guide (a cRT stage freezes the trained adapters too, an EMA copy freezes everything).
+FROZEN_KEYS = "_fasttrain_pretrained_frozen"
+
+log = logging.getLogger("fasttrain")
 
 
 def trainable_only(model_cfg) -> bool:
@@ -23,37 +32,52 @@ def trainable_only(model_cfg) -> bool:
     return model_cfg.peft not in ("none", "full") and model_cfg.pretrained is not None
 
 
-def frozen_names(model: nn.Module) -> set[str]:
-    return {name for name, p in model.named_parameters() if not p.requires_grad}
+def mark_pretrained_frozen(model: nn.Module) -> None:
+    """Record on `model` which of its weights are pretrained and frozen now (right after the build,
+    model.peft applied): the weights its checkpoints leave to model.pretrained."""
+    frozen = sorted(n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad)
+    object.__setattr__(model, FROZEN_KEYS, frozen)
 
 
 def checkpoint_weights(model: nn.Module, model_cfg) -> dict:
     """{"model": weights[, "weights_ref": {...}]}: the entries a checkpoint of `model` stores."""
     state = model.state_dict()
-    if not trainable_only(model_cfg):
+    frozen = set(getattr(model, FROZEN_KEYS, None) or ())
+    if not trainable_only(model_cfg) or not frozen:
         return {"model": state}
-    frozen = frozen_names(model)
     kept = {k: v for k, v in state.items() if k not in frozen}
     return {"model": kept, WEIGHTS_REF: {"pretrained": model_cfg.pretrained, "arch": model_cfg.arch,
                                           "peft": model_cfg.peft, "stored_tensors": len(kept),
-                                          "frozen_tensors": len(state) - len(kept)}}
+                                          "frozen_tensors": len(state) - len(kept), "frozen_keys": sorted(frozen)}}
 
 
-def load_weights(model: nn.Module, state: dict, what: str = "the model") -> None:
+def load_weights(model: nn.Module, state: dict, what: str = "the model", model_cfg=None) -> None:
     """Load checkpoint `state`'s model weights into `model`: exactly (a whole checkpoint), or, for a
     trainable-only one, every stored tensor over a model whose frozen weights are already the
-    referenced pretrained ones (only frozen parameters may be absent)."""
+    referenced pretrained ones (only the checkpoint's `frozen_keys` may be absent). With `model_cfg`
+    (the section the model was built from), a trainable-only checkpoint needs the same arch and
+    model.peft and some model.pretrained (another path than the recorded one is logged)."""
     ref = state.get(WEIGHTS_REF)
     if ref is None:
         load_exactly(model, state["model"], what)
         return
+    written = f"written for {ref.get('arch')} with model.peft={ref.get('peft')} on model.pretrained={ref.get('pretrained')}"
+    if model_cfg is not None:
+        if model_cfg.pretrained is None or (model_cfg.arch, model_cfg.peft) != (ref.get("arch"), ref.get("peft")):
+            raise CheckpointError(f"{what}: the checkpoint stores only the trainable weights ({written}); build the "
+                                  "model with that arch, model.peft and pretrained weights (model.pretrained), not "
+                                  f"{model_cfg.arch} / {model_cfg.peft} / {model_cfg.pretrained}")
+        if model_cfg.pretrained != ref.get("pretrained"):
+            log.warning("%s: frozen weights from model.pretrained=%s; the checkpoint was written with %s",
+                        what, model_cfg.pretrained, ref.get("pretrained"))
     stored = state["model"]
     own = model.state_dict()
+    frozen = set(ref.get("frozen_keys") or ())
     unexpected = [k for k in stored if k not in own]
-    absent = [k for k in own if k not in stored and k not in frozen_names(model)]
+    absent = [k for k in own if k not in stored and k not in frozen]
     if unexpected or absent:
         raise CheckpointError(f"{what}: the checkpoint's trainable weights do not fit this model "
                               f"(unexpected: {', '.join(unexpected[:5]) or 'none'}; not stored: "
-                              f"{', '.join(absent[:5]) or 'none'}); it was written for {ref.get('arch')} "
-                              f"with model.peft={ref.get('peft')}")
+                              f"{', '.join(absent[:5]) or 'none'}); it was {written}")
     model.load_state_dict(stored, strict=False)
+    object.__setattr__(model, FROZEN_KEYS, sorted(frozen))  # its own checkpoints leave the same weights out

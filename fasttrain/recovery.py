@@ -135,7 +135,7 @@ def run_meta(run) -> dict:
     ts = run.train_set
     meta = {"class_names": class_names(ts), "train_counts": [int(n) for n in ts.train_counts],
             "mean": list(run.augmenter.mean), "std": list(run.augmenter.std)}
-    if ts.images is not None:
+    if ts.images is not None and run.cfg.augment.train != "imagenet":  # the model takes the arrays' size
         meta["image_size"] = list(ts.images.shape[1:3])
     return meta
 

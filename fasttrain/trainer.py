@@ -305,7 +305,8 @@ class Trainer:
         split = self.method.calibration_split()
         if split is None:
             return {}
-        found = self.method.calibrate(self.model, build_split_loader(self.run, split), self.run.augmenter)
+        # Calibrated on single centre crops: the method's pass knows nothing of augment.eval_tte's five.
+        found = self.method.calibrate(self.model, build_split_loader(self.run, split, tte=False), self.run.augmenter)
         log.info("calibrated on the %s split: %s", split, found)
         self._write_config()
         self._save_last(self.cfg.train.epochs)

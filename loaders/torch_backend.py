@@ -25,7 +25,9 @@ def build_transform(augment, train: bool, is_file_dataset: bool):
     from torchvision.transforms import v2
 
     if not train:
-        if not is_file_dataset:
+        # In-memory arrays (CIFAR) are evaluated as stored, unless training crops them ImageNet-style to
+        # crop_size (e.g. CIFAR upscaled to 224 for a pretrained ViT): then the eval resize + centre crop too.
+        if not is_file_dataset and augment.train != "imagenet":
             return None
         return v2.Compose([v2.Resize(augment.eval_resize, antialias=True), v2.CenterCrop(augment.crop_size)])
     ops: list = []

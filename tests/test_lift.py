@@ -5,6 +5,7 @@ weights and evaluate to the run's own numbers after reload; a missing pretrained
 open_clip tests are skipped where the `clip` extra is not installed; nothing is downloaded."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -181,10 +182,11 @@ def test_five_crops_are_torchvisions_and_their_logits_are_averaged():
 
 @needs_open_clip
 def test_the_tiny_lift_run_learns_stores_only_trainable_weights_and_reloads_to_its_numbers(tmp_path):
-    from fasttrain.build import build_run
-    from fasttrain.checkpoint import load_checkpoint
+    from fasttrain.build import build_run, build_split_loader
+    from fasttrain.checkpoint import CheckpointError, load_checkpoint
     from fasttrain.evaluation import checkpoint_evaluation
     from fasttrain.inference import predict
+    from fasttrain.model_state import checkpoint_weights
     from fasttrain.trainer import Trainer
 
     weights = tmp_path / "clip.safetensors"
@@ -210,6 +212,17 @@ def test_the_tiny_lift_run_learns_stores_only_trainable_weights_and_reloads_to_i
         assert ref["frozen_tensors"] > 0 and len(state["model"]) == ref["stored_tensors"]
     report, _ = checkpoint_evaluation(run_dir / "last.pt")
     assert report["top1"] == pytest.approx(history[-1]["top1"], abs=1e-9)
+    with pytest.raises(CheckpointError, match="stores only the trainable weights.*model.pretrained"):
+        checkpoint_evaluation(run_dir / "last.pt", ["model.pretrained=null"])
+    # What is left out is fixed at build: a stage that freezes the adapters, or an EMA copy (every
+    # parameter frozen), still stores them.
+    model = trainer.run.model
+    stored = set(checkpoint_weights(model, cfg.model)["model"])
+    ema = copy.deepcopy(model).requires_grad_(False)
+    assert set(checkpoint_weights(ema, cfg.model)["model"]) == stored
+    assert any("adaptformer" in k for k in stored)
+    # Calibration reads single centre crops, evaluation the (crop + expand) images it crops five times.
+    assert tuple(next(iter(build_split_loader(trainer.run, "test", tte=False))).views[0].shape[-2:]) == (32, 32)
     # --resume, model.init_from and predict rebuild the frozen rest from model.pretrained too.
     resumed = Trainer(cfg, run_dir, resume=True)
     assert torch.equal(resumed.run.model.fc.weight, trainer.run.model.fc.weight)
@@ -254,3 +267,23 @@ def test_evaluation_builds_no_autograd_graph_with_or_without_tte():
         probs, _ = collect_predictions(Method(), model, [batch], augmenter, tte_crop=crop)
         assert not probs.requires_grad
     assert seen == [False] * 6  # one forward, then five crops
+
+
+def test_in_memory_images_trained_with_imagenet_crops_are_evaluated_at_the_crop_size():
+    """CIFAR upscaled for a pretrained ViT (lift/cifar100_lt_r100_clip_vit_b16): the eval loader resizes
+    and centre-crops the 32-px arrays too, and predict / export take the crop size, not the arrays'."""
+    from helpers import lt_arrays
+
+    from fasttrain.build import build_run
+    from fasttrain.recovery import run_meta
+
+    ds = lt_arrays()
+    raw = {"device": "cpu", "loader": {"backend": "torch", "batch_size": 8, "eval_batch_size": 8, "num_workers": 0},
+           "augment": {"train": "imagenet", "crop_size": 40, "eval_resize": 48}, "method": {"name": "ce"}}
+    run = build_run(config_from_dict(raw), training=True, datasets=(ds, ds))
+    assert tuple(next(iter(run.eval_loader)).views[0].shape[-2:]) == (40, 40)
+    assert tuple(next(iter(run.train_loader)).views[0].shape[-2:]) == (40, 40)
+    assert "image_size" not in run_meta(run)
+    raw["augment"] = {"train": "cifar"}  # a CIFAR recipe keeps its arrays as they are
+    run = build_run(config_from_dict(raw), training=True, datasets=(ds, ds))
+    assert tuple(next(iter(run.eval_loader)).views[0].shape[-2:]) == (32, 32) and run_meta(run)["image_size"] == [32, 32]

@@ -150,7 +150,10 @@ def test_every_suite_part_leaves_its_json_when_stopped(tmp_path):
     stopped_midway = []
     for part in [p for p in G.parts(dry_run=True) if p.suite]:
         out = tmp_path / part.name
-        argv = [sys.executable, *part.argv, "--out-dir", str(out)]
+        # One part runs long enough to be caught mid-way whatever the machine's load (the dry-run
+        # parts may all finish in the moment between their first JSON and the signal).
+        longer = ["--reps", "500"] if part.name == "step_clip_torch" else []
+        argv = [sys.executable, *part.argv, *longer, "--out-dir", str(out)]
         proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         deadline = time.monotonic() + 240
@@ -167,7 +170,7 @@ def test_every_suite_part_leaves_its_json_when_stopped(tmp_path):
         assert report["suite"] == part.suite
         if running and report.get("partial"):
             stopped_midway.append(part.name)
-    assert stopped_midway, "no part was stopped before it finished: the test measured nothing"
+    assert "step_clip_torch" in stopped_midway, f"no part was stopped before it finished ({stopped_midway})"
 
 
 def test_a_hung_test_fails_after_the_per_test_timeout(tmp_path):

@@ -474,9 +474,13 @@ def _check_head(cfg: RunConfig) -> None:
     if m.head == "linear" and m.head_init == "random":
         return
     method = METHODS[cfg.method.name]
-    if not method.configurable_head and not method.continues_stage:
-        raise ConfigError(f"model.head: {m.head} / model.head_init: {m.head_init}, but method {method.name} builds "
-                          "heads of its own; model.head applies to ce, logit_adjust, balanced_softmax and fbl")
+    # A continuing stage keeps the head of the model it continues: the structure of method.base_method
+    # (the previous stage's method inside a run, the user's choice when started alone).
+    owner = METHODS.get(getattr(cfg.method, "base_method", None)) if method.continues_stage else method
+    if owner is not None and not owner.configurable_head:
+        by = f"method {method.name}" + (f" (method.base_method {owner.name})" if owner is not method else "")
+        raise ConfigError(f"model.head: {m.head} / model.head_init: {m.head_init}, but {by} builds heads of its own; "
+                          "model.head applies to ce, logit_adjust, balanced_softmax and fbl")
 
 
 def _check_label_smoothing(cfg: RunConfig) -> None:

@@ -74,6 +74,10 @@ def test_the_lift_configs_are_the_official_recipe(name):
 def test_model_head_is_refused_by_methods_with_heads_of_their_own_and_the_prompt_needs_a_slot():
     with pytest.raises(ConfigError, match="method glmc builds heads of its own"):
         config_from_dict({"method": {"name": "glmc"}, "model": {"head": "cosine"}})
+    with pytest.raises(ConfigError, match="method crt \\(method.base_method glmc\\) builds heads of its own"):
+        config_from_dict({"method": {"name": "crt", "base_method": "glmc"}, "model": {"head": "cosine"}})
+    cfg = config_from_dict({"method": {"name": "crt", "base_method": "ce"}, "model": {"head": "cosine"}})
+    assert cfg.model.head == "cosine"  # a stage continuing a CE-family model keeps its head
     with pytest.raises(ConfigError, match="head_prompt: needs a {}"):
         config_from_dict({"model": {"head_init": "text", "head_prompt": "a photo"}})
     with pytest.raises(ConfigError, match="model.head"):

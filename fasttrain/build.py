@@ -30,7 +30,7 @@ from fasttrain.ema import build_ema
 from fasttrain.environment import amp_dtype, resolve_channels_last, resolve_device, seed_everything
 from fasttrain.loaders import build_loader
 from fasttrain.methods import METHODS, Method, MethodContext, StreamSpec
-from fasttrain.model_state import WEIGHTS_REF, load_weights, mark_pretrained_frozen, trainable_only
+from fasttrain.model_state import complete_weights, mark_pretrained_frozen, trainable_only
 from fasttrain.models import HeadSpec, WeightsError, build_backbone, to_channels_last, to_contiguous
 from fasttrain.optimizers import build_optimizer  # noqa: F401 - also fasttrain.build's name for it
 from fasttrain.samplers import EvalShard, build_sampler
@@ -120,10 +120,10 @@ def _build_model(cfg: RunConfig, method: Method, device: torch.device, previous:
             # The hook where a method maps the checkpoint onto its model: by default exactly the
             # model's weights; a later stage drops what its hand-off leaves behind, SSD's
             # distillation loads the checkpoint into its teacher (Method.load_init_state).
-            if WEIGHTS_REF in state:  # a parameter-efficient run's trainable weights over the pretrained ones
-                load_weights(model, state, f"model.init_from={cfg.model.init_from}", cfg.model)
-            else:
-                method.load_init_state(model, state["model"])
+            # A parameter-efficient run's checkpoint: its frozen weights are the pretrained ones this
+            # model was built on, completed here so the method's mapping sees a whole checkpoint.
+            method.load_init_state(model, complete_weights(model, state, f"model.init_from={cfg.model.init_from}",
+                                                           cfg.model))
         except RuntimeError as exc:
             raise RuntimeError(f"model.init_from={cfg.model.init_from}: weights do not fit the model "
                                f"({str(exc).splitlines()[0]})") from None

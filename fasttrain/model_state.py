@@ -61,15 +61,7 @@ def load_weights(model: nn.Module, state: dict, what: str = "the model", model_c
     if ref is None:
         load_exactly(model, state["model"], what)
         return
-    written = f"written for {ref.get('arch')} with model.peft={ref.get('peft')} on model.pretrained={ref.get('pretrained')}"
-    if model_cfg is not None:
-        if model_cfg.pretrained is None or (model_cfg.arch, model_cfg.peft) != (ref.get("arch"), ref.get("peft")):
-            raise CheckpointError(f"{what}: the checkpoint stores only the trainable weights ({written}); build the "
-                                  "model with that arch, model.peft and pretrained weights (model.pretrained), not "
-                                  f"{model_cfg.arch} / {model_cfg.peft} / {model_cfg.pretrained}")
-        if model_cfg.pretrained != ref.get("pretrained"):
-            log.warning("%s: frozen weights from model.pretrained=%s; the checkpoint was written with %s",
-                        what, model_cfg.pretrained, ref.get("pretrained"))
+    written = _check_reference(ref, what, model_cfg)
     stored = state["model"]
     own = model.state_dict()
     frozen = set(ref.get("frozen_keys") or ())
@@ -81,3 +73,36 @@ def load_weights(model: nn.Module, state: dict, what: str = "the model", model_c
                               f"{', '.join(absent[:5]) or 'none'}); it was {written}")
     model.load_state_dict(stored, strict=False)
     object.__setattr__(model, FROZEN_KEYS, sorted(frozen))  # its own checkpoints leave the same weights out
+
+
+def _check_reference(ref: dict, what: str, model_cfg) -> str:
+    """A trainable-only checkpoint's reference against the model section the model was built from
+    (same arch and model.peft, some pretrained weights; another path is logged). Returns how the
+    checkpoint was written, for error messages."""
+    written = f"written for {ref.get('arch')} with model.peft={ref.get('peft')} on model.pretrained={ref.get('pretrained')}"
+    if model_cfg is not None:
+        if model_cfg.pretrained is None or (model_cfg.arch, model_cfg.peft) != (ref.get("arch"), ref.get("peft")):
+            raise CheckpointError(f"{what}: the checkpoint stores only the trainable weights ({written}); build the "
+                                  "model with that arch, model.peft and pretrained weights (model.pretrained), not "
+                                  f"{model_cfg.arch} / {model_cfg.peft} / {model_cfg.pretrained}")
+        if model_cfg.pretrained != ref.get("pretrained"):
+            log.warning("%s: frozen weights from model.pretrained=%s; the checkpoint was written with %s",
+                        what, model_cfg.pretrained, ref.get("pretrained"))
+    return written
+
+
+def complete_weights(model: nn.Module, state: dict, what: str = "the model", model_cfg=None) -> dict:
+    """Every weight of checkpoint `state` as one dict: its own tensors, and for a trainable-only one
+    the frozen ones taken from `model`, built on the referenced pretrained weights — for loaders that
+    map a whole checkpoint themselves (`Method.load_init_state` of model.init_from: a stage started
+    alone, SSD's teacher)."""
+    ref = state.get(WEIGHTS_REF)
+    if ref is None:
+        return state["model"]
+    _check_reference(ref, what, model_cfg)
+    own = model.state_dict()
+    missing = [k for k in ref.get("frozen_keys") or () if k not in own]
+    if missing:
+        raise CheckpointError(f"{what}: its frozen pretrained weights ({', '.join(missing[:5])}, ...) have no place in "
+                              "this model: build it with the checkpoint's structure (method.base_method)")
+    return {**{k: own[k] for k in ref.get("frozen_keys") or ()}, **state["model"]}

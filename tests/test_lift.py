@@ -291,3 +291,33 @@ def test_in_memory_images_trained_with_imagenet_crops_are_evaluated_at_the_crop_
     raw["augment"] = {"train": "cifar"}  # a CIFAR recipe keeps its arrays as they are
     run = build_run(config_from_dict(raw), training=True, datasets=(ds, ds))
     assert tuple(next(iter(run.eval_loader)).views[0].shape[-2:]) == (32, 32) and run_meta(run)["image_size"] == [32, 32]
+
+
+@needs_open_clip
+def test_a_stage_started_alone_from_a_trainable_only_checkpoint_gets_every_weight(tmp_path):
+    """cRT with model.init_from = a LIFT run's last.pt (linear head): the method's own mapping sees the
+    stored adapters and head completed with the pretrained weights the model was built on."""
+    from fasttrain.build import build_run
+    from fasttrain.checkpoint import load_checkpoint
+    from fasttrain.config import to_dict
+    from fasttrain.trainer import Trainer
+
+    weights = tmp_path / "clip.safetensors"
+    common = [f"data.root={tmp_path}/corpus", "device=cpu", f"model.pretrained={weights}", "model.head=linear"]
+    cfg = load_config(TWIN, [*common, f"out_dir={tmp_path}/runs", "train.epochs=1"])
+    pretrained = _tiny_clip_file(cfg, weights)
+    Trainer(cfg, tmp_path / "runs" / "lift").fit()
+    state = load_checkpoint(tmp_path / "runs" / "lift" / "last.pt")
+    raw = to_dict(cfg)
+    raw["method"] = {"name": "crt", "base_method": "logit_adjust"}
+    raw["model"]["init_from"] = str(tmp_path / "runs" / "lift" / "last.pt")
+    crt = config_from_dict(raw)
+    run = build_run(crt, training=True)
+    own = run.model.state_dict()
+    for k, v in state["model"].items():  # adapters, head, buffers: the checkpoint's (cRT re-initialises fc)
+        if not k.startswith("fc."):
+            assert torch.equal(own[k], v), k
+    frozen = [k for k in state["weights_ref"]["frozen_keys"] if "visual." + k.split("visual.", 1)[-1] in pretrained]
+    assert len(frozen) > 10 and not any(k in state["model"] for k in frozen)  # left to model.pretrained
+    for k in frozen:
+        assert torch.equal(own[k], pretrained["visual." + k.split("visual.", 1)[1]]), k

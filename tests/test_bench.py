@@ -155,7 +155,8 @@ def test_every_suite_part_leaves_its_json_when_stopped(tmp_path):
         longer = ["--reps", "500"] if part.name == "step_clip_torch" else []
         argv = [sys.executable, *part.argv, *longer, "--out-dir", str(out)]
         proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=G.default_sigint)  # SIGINT handled even if pytest runs with it ignored
         deadline = time.monotonic() + 240
         while not list(out.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -157,6 +157,13 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def default_sigint() -> None:
+    """In a child before exec: SIGINT back to its default, so Python installs its KeyboardInterrupt
+    handler even when this process was started with SIGINT ignored (a background job of a shell
+    without job control, e.g. `cmd &` in a script)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_part(part: Part, timeout_s: float, scratch: Path, log_path: Path) -> dict:
     """Run one part in its own process group; kill the group if it overruns `timeout_s`."""
     argv = [sys.executable, *part.argv]
@@ -165,7 +172,7 @@ def run_part(part: Part, timeout_s: float, scratch: Path, log_path: Path) -> dic
     t0 = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **part.env})
+                                env={**os.environ, **part.env}, preexec_fn=default_sigint)
         try:
             rc = proc.wait(timeout=timeout_s)
             status = "ok" if rc == 0 or (part.name == "pytest_gpu" and rc == 5) else "failed"

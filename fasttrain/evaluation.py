@@ -27,6 +27,11 @@ def five_crops(x: torch.Tensor, size: int) -> list[torch.Tensor]:
             x[..., top:top + size, left:left + size]]
 
 
+def tte_crop_size(aug) -> int | None:
+    """The crop size of augment.eval_tte fivecrop (None: no test-time ensembling)."""
+    return aug.crop_size if aug.eval_tte == "fivecrop" else None
+
+
 def ensemble_logits(method, model, x: torch.Tensor, tte_crop: int | None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`method.head_logits` of the batch, or with `tte_crop` the mean logits of its five crops."""
@@ -83,9 +88,8 @@ def evaluate_loader(run, loader, confusion: Path | None = None) -> dict:
     report is the single-process one exactly."""
     heads: dict = {}
     indices: list = []
-    aug = run.cfg.augment
     probs, labels = collect_predictions(run.method, run.model, loader, run.augmenter, heads, indices,
-                                        tte_crop=aug.crop_size if aug.eval_tte == "fivecrop" else None)
+                                        tte_crop=tte_crop_size(run.cfg.augment))
     if loader.samplers and run.dist.enabled:  # a sharded loader reads this rank's EvalShard: gather
         probs, labels, heads = gather_predictions(probs, labels, indices[0], heads)
     if confusion is not None:

@@ -20,7 +20,7 @@ from fasttrain.checkpoint import load_checkpoint
 from fasttrain.compat import quiet_export_notices
 from fasttrain.config import config_from_dict
 from fasttrain.data.index import DatasetError, LTDataset
-from fasttrain.evaluation import five_crops
+from fasttrain.evaluation import five_crops, tte_crop_size
 from fasttrain.loaders import build_loader
 from fasttrain.model_state import WEIGHTS_REF, load_weights
 
@@ -87,7 +87,7 @@ def predict(checkpoint: str | Path, targets: str | Path | list[str | Path], topk
         aug.eval_resize, aug.crop_size = int(min(meta["image_size"])), int(min(meta["image_size"]))
     ds = LTDataset("predict", len(meta["train_counts"]), np.zeros(len(files), np.int64),
                    np.asarray(meta["train_counts"]), paths=files)
-    tte = aug.crop_size if aug.eval_tte == "fivecrop" else None  # the run's test-time ensembling, as evaluated
+    tte = tte_crop_size(aug)  # the run's test-time ensembling, as evaluated
     loader = build_loader("torch", ds, None, batch_size=batch_size, num_views=1, device=run.device,
                           augment=eval_augment(aug), loader=run.cfg.loader, train=False, seed=run.cfg.seed)
     k = min(topk, len(meta["class_names"]))

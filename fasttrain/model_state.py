@@ -57,28 +57,16 @@ def load_weights(model: nn.Module, state: dict, what: str = "the model", model_c
     referenced pretrained ones (only the checkpoint's `frozen_keys` may be absent). With `model_cfg`
     (the section the model was built from), a trainable-only checkpoint needs the same arch and
     model.peft and some model.pretrained (another path than the recorded one is logged)."""
+    load_exactly(model, complete_weights(model, state, what, model_cfg), what)
     ref = state.get(WEIGHTS_REF)
-    if ref is None:
-        load_exactly(model, state["model"], what)
-        return
-    written = _check_reference(ref, what, model_cfg)
-    stored = state["model"]
-    own = model.state_dict()
-    frozen = set(ref.get("frozen_keys") or ())
-    unexpected = [k for k in stored if k not in own]
-    absent = [k for k in own if k not in stored and k not in frozen]
-    if unexpected or absent:
-        raise CheckpointError(f"{what}: the checkpoint's trainable weights do not fit this model "
-                              f"(unexpected: {', '.join(unexpected[:5]) or 'none'}; not stored: "
-                              f"{', '.join(absent[:5]) or 'none'}); it was {written}")
-    model.load_state_dict(stored, strict=False)
-    object.__setattr__(model, FROZEN_KEYS, sorted(frozen))  # its own checkpoints leave the same weights out
+    if ref is not None:
+        frozen = ref.get("frozen_keys") or ()
+        object.__setattr__(model, FROZEN_KEYS, sorted(frozen))  # its own checkpoints leave the same weights out
 
 
-def _check_reference(ref: dict, what: str, model_cfg) -> str:
+def _check_reference(ref: dict, what: str, model_cfg) -> None:
     """A trainable-only checkpoint's reference against the model section the model was built from
-    (same arch and model.peft, some pretrained weights; another path is logged). Returns how the
-    checkpoint was written, for error messages."""
+    (same arch and model.peft, some pretrained weights; another path is logged)."""
     written = f"written for {ref.get('arch')} with model.peft={ref.get('peft')} on model.pretrained={ref.get('pretrained')}"
     if model_cfg is not None:
         if model_cfg.pretrained is None or (model_cfg.arch, model_cfg.peft) != (ref.get("arch"), ref.get("peft")):
@@ -88,7 +76,6 @@ def _check_reference(ref: dict, what: str, model_cfg) -> str:
         if model_cfg.pretrained != ref.get("pretrained"):
             log.warning("%s: frozen weights from model.pretrained=%s; the checkpoint was written with %s",
                         what, model_cfg.pretrained, ref.get("pretrained"))
-    return written
 
 
 def complete_weights(model: nn.Module, state: dict, what: str = "the model", model_cfg=None) -> dict:

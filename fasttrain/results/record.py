@@ -98,7 +98,10 @@ def epoch_offset(run_dir: Path, config_name: str) -> int:
 def _trained_nothing(run_dir: Path) -> bool:
     """A finished post-hoc run: its summary lists no trained epoch."""
     path = run_dir / "summary.json"
-    return path.is_file() and read_json(path).get("epochs") == [] and "final" in read_json(path)
+    if not path.is_file():
+        return False
+    summary = read_json(path)
+    return summary.get("epochs") == [] and "final" in summary
 
 
 def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = False, name: str | None = None) -> Path:

@@ -88,8 +88,9 @@ def complete_weights(model: nn.Module, state: dict, what: str = "the model", mod
         return state["model"]
     _check_reference(ref, what, model_cfg)
     own = model.state_dict()
-    missing = [k for k in ref.get("frozen_keys") or () if k not in own]
+    frozen = ref.get("frozen_keys") or ()
+    missing = [k for k in frozen if k not in own]
     if missing:
         raise CheckpointError(f"{what}: its frozen pretrained weights ({', '.join(missing[:5])}, ...) have no place in "
                               "this model: build it with the checkpoint's structure (method.base_method)")
-    return {**{k: own[k] for k in ref.get("frozen_keys") or ()}, **state["model"]}
+    return {**{k: own[k] for k in frozen}, **state["model"]}

@@ -238,6 +238,21 @@ def test_a_stage_directory_is_recorded_under_the_name_given(two_runs, tmp_path):
     assert load_record(dest).name == "tiny_crt"
 
 
+def test_the_root_of_a_staged_run_needs_a_name_of_its_own(two_runs, tmp_path):
+    """The root holds the first stage only: under the config's name it would stand for the whole run."""
+    run = tmp_path / "staged"
+    shutil.copytree(two_runs[0], run)
+    config = (run / "config.yaml").read_text()
+    assert "\nstages: []" in config
+    (run / "config.yaml").write_text(config.replace("\nstages: []", "\nstages:\n- name: crt\n  overrides: {}\n- name: last\n  overrides: {}", 1))
+    with pytest.raises(ResultsError, match=r"first stage of run tiny_ce, whose later stages are crt, last; "
+                                           r"the run's result is .*staged/last .*--name tiny_ce\)"):
+        record_run(run, tmp_path / "acc")
+    assert not (tmp_path / "acc").exists()
+    dest = record_run(run, tmp_path / "acc", name="tiny_ce_stage1")
+    assert json.loads((dest / "record.json").read_text())["name"] == "tiny_ce_stage1"
+
+
 def test_a_post_hoc_stage_is_recorded_without_epochs_and_labelled(two_runs, tmp_path):
     """τ-norm trains nothing: no metrics.jsonl, no best epoch; its one evaluation is both readings."""
     from fasttrain.results.tables import dataset_table

@@ -101,7 +101,8 @@ def record_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="what differs from the shipped config, e.g. the loader backend")
     p.add_argument("--overwrite", action="store_true", help="replace an existing record of this run and seed")
     p.add_argument("--name", help="the record's run name (default: the config's name); needed for a stage "
-                                  "directory, e.g. --name crt_cifar10_lt_r100 for <run>/crt")
+                                  "directory (e.g. --name crt_cifar10_lt_r100 for <run>/crt) and for the root of "
+                                  "a run with stages, which holds its first stage only")
     return p
 
 

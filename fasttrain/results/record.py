@@ -108,8 +108,9 @@ def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = Fals
     """Copy the finished run `run_dir` into the record under `root`; returns the record folder.
 
     The record is named after the run's config `name`, or `name`: a stage directory (config name
-    `<run>/<stage>`, e.g. cRT after CE) needs one, as does the first stage of a run whose result is
-    recorded under another config's name (GLMC inside a GLMC + MaxNorm run)."""
+    `<run>/<stage>`, e.g. cRT after CE) needs one, as does the root of a run with stages: it holds the
+    first stage only (GLMC inside a GLMC + MaxNorm run, SSD's stage I), and the config's name belongs
+    to the run's result, its last stage."""
     run_dir, root = Path(run_dir), Path(root)
     # A post-hoc stage (tau-norm: train.epochs 0) evaluates once and writes no metrics.jsonl.
     optional = {"metrics.jsonl"} if _trained_nothing(run_dir) else set()
@@ -127,6 +128,13 @@ def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = Fals
                            "by this version of fasttrain write it")
     seed = config.get("seed")
     config_name = str(config.get("name") or run_dir.name)
+    later = [str(s.get("name")) for s in (config.get("stages") or []) if isinstance(s, dict)]
+    if later and name is None:
+        # The root of a staged run holds its first stage only: under the config's name it would stand in
+        # the results table for the whole run (SSD's stage I as the SSD row).
+        raise ResultsError(f"{run_dir}: the first stage of run {config_name}, whose later stages are "
+                           f"{', '.join(later)}; the run's result is {run_dir / later[-1]} (record it with "
+                           f"--name {config_name}); record this stage under a name of its own with --name")
     name = name or config_name
     if "/" in name:
         raise ResultsError(f"{run_dir}: a stage of run {config_name.split('/')[0]} (config name {config_name}); "

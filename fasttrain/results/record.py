@@ -83,14 +83,18 @@ def wall_seconds(metrics: list[dict]) -> float:
     return total + last
 
 
+def _stage_names(config: dict) -> list[str]:
+    """The names of a run config's later stages (its `stages` list; the root holds the first stage)."""
+    return [str(s.get("name")) for s in (config.get("stages") or []) if isinstance(s, dict)]
+
+
 def epoch_offset(run_dir: Path, config_name: str) -> int:
     """The epochs trained before this stage of its run (the root's and every earlier stage's), so the
     figure draws a stage's curve after them; 0 for a run that is not a stage."""
     if "/" not in config_name:
         return 0
     root, stage = run_dir.parent, config_name.split("/", 1)[1]
-    names = [s.get("name") for s in (read_yaml(root / "config.yaml").get("stages") or [])] if (
-        root / "config.yaml").is_file() else []
+    names = _stage_names(read_yaml(root / "config.yaml")) if (root / "config.yaml").is_file() else []
     earlier = [root] + [root / n for n in names[:names.index(stage)]] if stage in names else [root]
     return sum(len(read_metrics(d / "metrics.jsonl")) for d in earlier if (d / "metrics.jsonl").is_file())
 
@@ -128,7 +132,7 @@ def record_run(run_dir: Path, root: Path, note: str = "", overwrite: bool = Fals
                            "by this version of fasttrain write it")
     seed = config.get("seed")
     config_name = str(config.get("name") or run_dir.name)
-    later = [str(s.get("name")) for s in (config.get("stages") or []) if isinstance(s, dict)]
+    later = _stage_names(config)
     if later and name is None:
         # The root of a staged run holds its first stage only: under the config's name it would stand in
         # the results table for the whole run (SSD's stage I as the SSD row).

@@ -190,7 +190,8 @@ def build_run(cfg: RunConfig, *, training: bool = False, previous_model: nn.Modu
     run = Run(cfg, device, amp, train_set, eval_set, augmenter, method, model, eval_loader, train_loader, dist=dctx)
     if training:
         forward = torch.compile(model) if cfg.train.compile else model
-        optimizer = (build_optimizer(cfg, method.trainable_parameters(model), device, model)
+        optimizer = (build_optimizer(cfg, method.trainable_parameters(model), device, model,
+                                     method.no_decay_parameters(model))
                      if method.stage.trains else None)
         scaler = torch.amp.GradScaler(enabled=amp == torch.float16)
         # DDP wraps the method's loss around the (compiled) model, so a method may call any part of

@@ -481,6 +481,9 @@ def _check_head(cfg: RunConfig) -> None:
         by = f"method {method.name}" + (f" (method.base_method {owner.name})" if owner is not method else "")
         raise ConfigError(f"model.head: {m.head} / model.head_init: {m.head_init}, but {by} builds heads of its own; "
                           "model.head applies to ce, logit_adjust, balanced_softmax and fbl")
+    if m.head != "linear" and getattr(cfg.method, "sigmoid", False):
+        raise ConfigError(f"model.head: {m.head}, but method.sigmoid: true starts the classifier bias at "
+                          "−log(C − 1) (Cui et al.'s code) and this head has no bias; use model.head: linear")
 
 
 def _check_label_smoothing(cfg: RunConfig) -> None:

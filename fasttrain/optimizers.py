@@ -13,8 +13,11 @@ parameter groups that weight-decay exclusion and layer-wise lr decay need.
   stem, L - 1 = the heads) gets `lr_scale = layer_decay ** (L - 1 - l)`; the trainer sets each
   group's lr to the schedule's lr x its `lr_scale`.
 
-With neither (every shipped SGD recipe) the optimizer gets the plain parameter list, exactly as
-before these options existed, so those runs are bit-identical.
+- a method's own no-decay parameters (`Method.no_decay_parameters`: CE's `sigmoid` form leaves
+  the classifier bias undecayed, as Cui et al.'s code) join the weight-decay-0 group.
+
+With none of these (every other shipped SGD recipe) the optimizer gets the plain parameter list,
+exactly as before these options existed, so those runs are bit-identical.
 """
 from __future__ import annotations
 
@@ -99,18 +102,23 @@ def layer_ids(model: nn.Module, arch: str, trainable: set[str] | None = None) ->
     return ids, count
 
 
-def parameter_groups(cfg, model: nn.Module, params: list[nn.Parameter]) -> list[dict]:
+def parameter_groups(cfg, model: nn.Module, params: list[nn.Parameter],
+                     method_no_decay: set[str] | frozenset[str] = frozenset()) -> list[dict]:
     """The optimizer's parameter groups for `params` (trainable parameters of `model`): each
     {params, names, weight_decay[, lr_scale, layer]}; one group `{params}` when neither
-    `optim.no_decay` nor `optim.layer_decay` applies."""
+    `optim.no_decay` nor `optim.layer_decay` applies and the method names no parameter of its own
+    to train without decay (`method_no_decay`, Method.no_decay_parameters)."""
     o = cfg.optim
-    if not uses_no_decay(o) and o.layer_decay is None:
+    if not uses_no_decay(o) and o.layer_decay is None and not method_no_decay:
         return [{"params": list(params)}]
     wanted = {id(p) for p in params}
     named = [(n, p) for n, p in model.named_parameters() if id(p) in wanted]
     if len(named) != len(wanted):
         raise ValueError("optimizer: some trainable parameters are not parameters of the model")
-    skip = no_decay_names(model, named) if uses_no_decay(o) else set()
+    unknown = sorted(set(method_no_decay) - {n for n, _ in model.named_parameters()})
+    if unknown:
+        raise ValueError(f"optimizer: the method's no-decay parameters {unknown} are not parameters of the model")
+    skip = (no_decay_names(model, named) if uses_no_decay(o) else set()) | set(method_no_decay)
     layers, count = (layer_ids(model, cfg.model.arch, {n for n, _ in named}) if o.layer_decay is not None
                      else ({}, 1))
     groups: dict[tuple[int, bool], dict] = {}
@@ -125,20 +133,21 @@ def parameter_groups(cfg, model: nn.Module, params: list[nn.Parameter]) -> list[
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
-def build_optimizer(cfg, params, device: torch.device, model: nn.Module | None = None) -> torch.optim.Optimizer:
+def build_optimizer(cfg, params, device: torch.device, model: nn.Module | None = None,
+                    method_no_decay: set[str] | frozenset[str] = frozenset()) -> torch.optim.Optimizer:
     """The run's optimizer over `params` (the method's trainable parameters of `model`); groups by
-    `parameter_groups` (needs `model` for optim.no_decay / optim.layer_decay)."""
+    `parameter_groups` (needs `model` for optim.no_decay / optim.layer_decay / `method_no_decay`)."""
     o = cfg.optim
     params = list(params)
     if model is not None:
         groups = [{k: v for k, v in g.items() if k not in ("names", "layer")}
-                  for g in parameter_groups(cfg, model, params)]
+                  for g in parameter_groups(cfg, model, params, method_no_decay)]
         # the initial lr of each group; the trainer sets lr x lr_scale at every schedule update
         for g in groups:
             if "lr_scale" in g:
                 g["lr"] = o.lr * g["lr_scale"]
         params = groups if len(groups) > 1 or len(groups[0]) > 1 else params
-    elif uses_no_decay(o) or o.layer_decay is not None:
+    elif uses_no_decay(o) or o.layer_decay is not None or method_no_decay:
         raise ValueError("build_optimizer: optim.no_decay / optim.layer_decay need the model (parameter names)")
     fused = (o.fused and device.type == "cuda") or None
     if o.name == "adamw":

@@ -272,6 +272,7 @@ def test_bad_method_values_are_config_errors(tmp_path):
     ("logit_adjust_cifar10_lt_r100", ["method.posthoc=true"]),
     # Two epochs with DRW from epoch 1, so the weighted-mean branch trains too.
     ("ldam_drw_cifar10_lt_r100", ["train.epochs=2", "method.drw_start=1", "train.eval_every=2"]),
+    ("ce_cb_focal_sigmoid_cifar10_lt_r100", []),  # Cui et al.'s sigmoid form: its optimizer groups
 ])
 def test_short_cpu_training_run(cifar10_root, tmp_path, monkeypatch, config, extra):
     import fasttrain.build as build_mod

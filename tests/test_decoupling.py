@@ -15,7 +15,7 @@ from fasttrain.augment import Augmenter
 from fasttrain.batch import Batch
 from fasttrain.config import ConfigError, load_config
 from fasttrain.methods import Progress
-from fasttrain.methods.ce import CEConfig, CrossEntropy, focal_loss
+from fasttrain.methods.ce import CEConfig, CrossEntropy, focal_loss, sigmoid_focal_loss
 from fasttrain.methods.crt import CRT, CRTConfig
 from fasttrain.methods.lws import LWS, LWSConfig
 from fasttrain.methods.priors import effective_number_weights
@@ -90,11 +90,101 @@ def test_focal_loss_hand_values_and_code_form():
     assert focal_loss(logits, y, 0.0).item() == pytest.approx(ce.mean().item(), rel=1e-6)  # gamma 0 = CE
 
 
+def cui_sigmoid_focal(z: torch.Tensor, y: torch.Tensor, gamma: float, w: torch.Tensor | None) -> torch.Tensor:
+    """Cui et al.'s `focal_loss` / sigmoid loss written out plainly: p_t = σ(z) for the label, 1 − σ(z)
+    for the other classes; −w_{y_i} (1 − p_t)^γ log p_t summed over (i, c), divided by the positives (B)."""
+    t = F.one_hot(y, z.shape[1]).double()
+    p = torch.sigmoid(z.double())
+    pt = t * p + (1 - t) * (1 - p)
+    per = -(1 - pt) ** gamma * torch.log(pt)
+    if w is not None:
+        per = per * w.double()[y][:, None]
+    return (per.sum() / t.sum()).float()
+
+
+def test_sigmoid_focal_loss_hand_values():
+    z, y = torch.zeros(1, 2), torch.tensor([0])  # every sigmoid at 1/2: BCE ln 2, (1 − p_t) = 1/2
+    assert math.isclose(sigmoid_focal_loss(z, y, 0.0).item(), 2 * math.log(2), rel_tol=1e-6)
+    assert math.isclose(sigmoid_focal_loss(z, y, 1.0).item(), math.log(2), rel_tol=1e-6)
+    w = torch.tensor([3.0, 1.0])  # the label's weight scales every class term of its sample
+    assert math.isclose(sigmoid_focal_loss(z, y, 1.0, w).item(), 3 * math.log(2), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 1.0, 2.0])
+def test_sigmoid_focal_loss_matches_cui_et_al_values_and_gradients(gamma):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(16, 5, generator=g) * 3).requires_grad_(True)
+    y = torch.randint(0, 5, (16,), generator=g)
+    w = effective_number_weights(torch.tensor([5000, 1200, 300, 80, 50]), 0.9999)
+    for weights in (None, w):
+        got = sigmoid_focal_loss(logits, y, gamma, weights)
+        want = cui_sigmoid_focal(logits, y, gamma, weights)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        g_got, = torch.autograd.grad(got, logits)
+        g_want, = torch.autograd.grad(want, logits)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+    big = torch.tensor([[60.0, -60.0, 0.0]])  # saturated logits: the stable form stays finite
+    assert math.isfinite(sigmoid_focal_loss(big, torch.tensor([1]), 1.0).item())
+
+
+def test_sigmoid_form_head_bias_prior_and_no_decay_on_the_bias():
+    from fasttrain.optimizers import build_optimizer
+
+    counts = (100, 10, 1, 1)
+    method = CrossEntropy(CEConfig(reweight="cb", focal_gamma=1.0, sigmoid=True), method_context(counts))
+    model = method.new_model(TinyBackbone())
+    torch.testing.assert_close(model.fc.bias.detach(), torch.full((4,), -math.log(3)))
+    assert torch.sigmoid(model.fc.bias).tolist() == pytest.approx([0.25] * 4)  # prior 1/C
+    assert method.no_decay_parameters(model) == {"fc.bias"}
+    cfg = load_config(ROOT / "configs" / "baselines" / "ce_cb_focal_sigmoid_cifar10_lt_r100.yaml")
+    assert cfg.optim.weight_decay == 2e-4 and cfg.optim.no_decay == "auto" and cfg.optim.name == "sgd"
+    opt = build_optimizer(cfg, method.trainable_parameters(model), torch.device("cpu"), model,
+                          method.no_decay_parameters(model))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay.pop(id(model.fc.bias)) == 0.0 and set(decay.values()) == {2e-4}
+    assert len(decay) == len(list(model.parameters())) - 1
+    # the softmax forms keep the plain parameter list (bit-identical to before the option)
+    plain = CrossEntropy(CEConfig(reweight="cb", focal_gamma=1.0), method_context(counts))
+    model = plain.new_model(TinyBackbone())
+    assert plain.no_decay_parameters(model) == set()
+    opt = build_optimizer(cfg, plain.trainable_parameters(model), torch.device("cpu"), model,
+                          plain.no_decay_parameters(model))
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 2e-4
+    # the loss the method trains is the sigmoid one
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 0, 1, 2, 3, 0])
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return z
+
+    loss, _ = method.loss(Fixed(), dataclasses.replace(image_batch(6), labels=y), Progress(0, 1))
+    torch.testing.assert_close(loss, cui_sigmoid_focal(z, y, 1.0, method.class_weights))
+
+
+def test_sigmoid_form_refusals():
+    cfg = ROOT / "configs" / "baselines" / "ce_cb_focal_sigmoid_cifar10_lt_r100.yaml"
+    for other in ("balanced_softmax", "logit_adjust"):
+        with pytest.raises(ConfigError, match="method.sigmoid: .* adjusts the softmax logits"):
+            load_config(ROOT / "configs" / "baselines" / f"{other}_cifar10_lt_r100.yaml", ["method.sigmoid=true"])
+    with pytest.raises(ConfigError, match="method.sigmoid: true trains the sigmoid loss"):
+        load_config(cfg, ["loss.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="model.head: cosine, but method.sigmoid: true .* use model.head: linear"):
+        load_config(cfg, ["model.head=cosine"])
+    method = CrossEntropy(CEConfig(sigmoid=True), method_context(COUNTS))  # the method's own guard
+    method.ctx.head = dataclasses.replace(method.ctx.head, kind="cosine")
+    with pytest.raises(ValueError, match="has no bias; use model.head: linear"):
+        method.new_model(TinyBackbone())
+
+
 def test_cb_and_focal_configs_load():
     cb = load_config(ROOT / "configs" / "baselines" / "ce_cb_cifar10_lt_r100.yaml")
     assert (cb.method.name, cb.method.reweight, cb.method.cb_beta) == ("ce", "cb", 0.9999)
     focal = load_config(ROOT / "configs" / "baselines" / "ce_focal_cifar100_lt_r100.yaml")
     assert focal.method.focal_gamma == 1.0 and focal.data.dataset == "cifar100_lt"
+    for name, sigmoid in (("ce_cb_focal", False), ("ce_cb_focal_sigmoid", True)):
+        m = load_config(ROOT / "configs" / "baselines" / f"{name}_cifar10_lt_r100.yaml").method
+        assert (m.reweight, m.cb_beta, m.focal_gamma, m.sigmoid) == ("cb", 0.9999, 1.0, sigmoid)
     with pytest.raises(ConfigError, match="method.reweight"):
         load_config(ROOT / "configs" / "baselines" / "ce_cb_cifar10_lt_r100.yaml", ["method.reweight=drw"])
 

@@ -24,7 +24,7 @@ from fasttrain.methods.priors import log_count_offset
 
 @dataclass
 class BalancedSoftmaxConfig(CEConfig):  # CE's re-weighting / focal options apply too
-    pass
+    softmax_only = "Balanced Softmax"
 
 
 @register("balanced_softmax", BalancedSoftmaxConfig)

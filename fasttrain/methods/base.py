@@ -270,6 +270,11 @@ class Method:
         """Parameters the optimiser updates (classifier-retraining stages return a subset)."""
         return [p for p in model.parameters() if p.requires_grad]
 
+    def no_decay_parameters(self, model: nn.Module) -> set[str]:
+        """Names of parameters of `model` that this method's recipe trains without weight decay,
+        whatever `optim.no_decay` says (Cui et al.'s sigmoid loss: the classifier bias)."""
+        return set()
+
     # --- training --------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch, progress: Progress) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss, logs of detached scalar tensors). No host syncs in here."""

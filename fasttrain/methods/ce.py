@@ -10,14 +10,25 @@ Options of the plain method (the LDAM-DRW code base's CE variants, which FBL's c
   With class weights p_i is therefore exp(−w·CE), the code's quirk (`focal_pt: true` uses the
   softmax probability of the true class instead). Not a soft-target loss, so it runs in plain
   torch (fp32) rather than the fused kernel; γ = 0 is CE and takes the fused path.
-Balanced Softmax and Logit Adjustment subclass this method and set `train_offset`.
+- `sigmoid: true` — the one-vs-all sigmoid form of Cui et al.'s official code (`--loss-type sigmoid`,
+  or `focal` with γ > 0), where the CB Focal number of the LDAM-DRW paper's Table 2 comes from:
+  l = Σ_{i,c} w_{y_i} · (1 − p_ic)^γ · BCE(z_ic, [c = y_i]) / B, with p_ic the sigmoid probability of
+  the right answer for class c (σ(z) for the label, 1 − σ(z) for the others). Every class term of
+  sample i carries w_{y_i}, and the sum is divided by the batch size (the code's count of positive
+  labels), so `weighted_mean` does not apply. As in that code the classifier's bias starts at
+  −log(C − 1) (each class's sigmoid at its prior 1/C) and gets no weight decay. Prediction stays the
+  argmax of the logits.
+Balanced Softmax and Logit Adjustment subclass this method and set `train_offset` (softmax only).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fasttrain.kernels.soft_ce import soft_target_cross_entropy
 from fasttrain.methods.base import Method, MethodConfig, register
@@ -35,6 +46,15 @@ class CEConfig(MethodConfig):
     weighted_mean: bool = True  # reweight cb: divide by Σ w_y (F.cross_entropy(weight=)) instead of B
     focal_gamma: float = option(0.0, ge=0, finite=True)  # γ of the focal loss; 0 = cross-entropy
     focal_pt: bool = False  # focal: p from the softmax instead of exp(−weighted CE) (code: false)
+    sigmoid: bool = False  # one-vs-all sigmoid (focal) loss of Cui et al.'s code instead of the softmax
+    # A subclass whose loss only exists in softmax form names itself here (sigmoid is refused).
+    softmax_only: ClassVar[str | None] = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sigmoid and self.softmax_only:
+            raise ValueError(f"method.sigmoid: {self.softmax_only} adjusts the softmax logits; it has no "
+                             "sigmoid form (set method.sigmoid: false)")
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,
@@ -60,6 +80,20 @@ def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float, weights
     return ((1.0 - p).pow(gamma) * ce).mean()
 
 
+def sigmoid_focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ_{i,c} w_{y_i} (1 − p_ic)^γ BCE(z_ic, t_ic) / B in fp32 (Cui et al.'s sigmoid / focal loss;
+    the module docstring). (1 − p)^γ = exp(−γ (t·z + log(1 + e^{−z}))) is the code's stable form."""
+    z = logits.float()
+    t = F.one_hot(labels.long(), z.shape[1]).to(z.dtype)
+    loss = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+    if gamma > 0:
+        loss = torch.exp(-gamma * (t * z + F.softplus(-z))) * loss
+    if weights is not None:
+        loss = loss * weights[labels][:, None]
+    return loss.sum() / z.shape[0]
+
+
 @register("ce", CEConfig)
 class CrossEntropy(Method):
     applies_label_smoothing = True
@@ -76,19 +110,34 @@ class CrossEntropy(Method):
 
     @classmethod
     def label_smoothing_refusal(cls, cfg: CEConfig) -> str | None:
-        if cfg.focal_gamma > 0:
-            return (f"method {cls.name} with method.focal_gamma > 0 trains the focal loss, not the soft-label "
-                    "cross-entropy")
+        if cfg.focal_gamma > 0 or cfg.sigmoid:
+            what = "the sigmoid loss" if cfg.sigmoid else "the focal loss"
+            key = "method.sigmoid: true" if cfg.sigmoid else "method.focal_gamma > 0"
+            return f"method {cls.name} with {key} trains {what}, not the soft-label cross-entropy"
         return super().label_smoothing_refusal(cfg)
 
     def new_model(self, backbone: nn.Module) -> nn.Module:
-        return Classifier(backbone, self.ctx.num_classes, self.ctx.new_head(backbone))
+        model = Classifier(backbone, self.ctx.num_classes, self.ctx.new_head(backbone))
+        if self.cfg.sigmoid:
+            bias = getattr(model.fc, "bias", None)
+            if not isinstance(bias, torch.Tensor):
+                raise ValueError(f"method.sigmoid: true starts the classifier bias at −log(C − 1), but the "
+                                 f"model.head ({type(model.fc).__name__}) has no bias; use model.head: linear")
+            with torch.no_grad():  # each class's sigmoid starts at its prior 1/C (Cui et al.'s code)
+                bias.fill_(-math.log(max(self.ctx.num_classes - 1, 1)))
+        return model
+
+    def no_decay_parameters(self, model: nn.Module) -> set[str]:
+        # Cui et al.'s code leaves the last layer's bias out of the weight decay in the sigmoid forms
+        return {"fc.bias"} if self.cfg.sigmoid else set()
 
     def loss(self, model, batch, progress):
         (x,) = self.ctx.augmenter.views(batch)
         logits = model(x)
         cfg = self.cfg
-        if cfg.focal_gamma > 0:
+        if cfg.sigmoid:
+            loss = sigmoid_focal_loss(logits, batch.labels, cfg.focal_gamma, self.class_weights)
+        elif cfg.focal_gamma > 0:
             loss = focal_loss(logits, batch.labels, cfg.focal_gamma, self.class_weights, self.train_offset,
                               cfg.focal_pt)
         else:

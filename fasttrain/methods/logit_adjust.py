@@ -23,6 +23,7 @@ from fasttrain.schema import option
 
 @dataclass
 class LogitAdjustConfig(CEConfig):  # CE's re-weighting / focal options apply too
+    softmax_only = "Logit Adjustment"
     tau: float = option(1.0, ge=0, finite=True)  # τ scaling the log prior
     # false: logit-adjusted loss, plain logits at test; true: plain CE, adjusted logits at test.
     posthoc: bool = False

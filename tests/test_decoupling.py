@@ -167,6 +167,8 @@ def test_sigmoid_form_refusals():
     for other in ("balanced_softmax", "logit_adjust"):
         with pytest.raises(ConfigError, match="method.sigmoid: .* adjusts the softmax logits"):
             load_config(ROOT / "configs" / "baselines" / f"{other}_cifar10_lt_r100.yaml", ["method.sigmoid=true"])
+    with pytest.raises(ConfigError, match="method.focal_pt: true picks p of the softmax focal loss"):
+        load_config(cfg, ["method.focal_pt=true"])
     with pytest.raises(ConfigError, match="method.sigmoid: true trains the sigmoid loss"):
         load_config(cfg, ["loss.label_smoothing=0.1"])
     with pytest.raises(ConfigError, match="model.head: cosine, but method.sigmoid: true .* use model.head: linear"):

@@ -55,6 +55,9 @@ class CEConfig(MethodConfig):
         if self.sigmoid and self.softmax_only:
             raise ValueError(f"method.sigmoid: {self.softmax_only} adjusts the softmax logits; it has no "
                              "sigmoid form (set method.sigmoid: false)")
+        if self.sigmoid and self.focal_pt:
+            raise ValueError("method.focal_pt: true picks p of the softmax focal loss; with method.sigmoid: true "
+                             "p is each class's sigmoid (set method.focal_pt: false)")
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None,

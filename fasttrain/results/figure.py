@@ -29,7 +29,6 @@ def plot_dataset(records: list[Record], dataset: str, path: Path) -> Path:
                         marker="o" if len(points) == 1 else None, label=f"{name} ({r.top1:.2f})" if k == 0 else None)
     curves.set(xlabel="epoch", ylabel="top-1 (%)", title=f"{dataset}: top-1 per evaluated epoch (legend: last epoch)")
     curves.grid(alpha=0.3)
-    curves.legend(fontsize=8, loc="lower right")
     # Groups with no class (CIFAR-10-LT has no class under 20 images: no "few") are left out.
     groups = [g for g in GROUPS if any(getattr(r, g) is not None for r in runs)]
     width = 0.8 / max(len(names), 1)
@@ -44,7 +43,13 @@ def plot_dataset(records: list[Record], dataset: str, path: Path) -> Path:
     bars.set_xticks(range(len(groups)), groups)
     bars.set(ylabel="top-1 (%)", ylim=(0, 100), title="last epoch, by class frequency group")
     bars.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    # One legend under both panels: inside the curves panel it hid the late stages' curves.
+    handles, labels = curves.get_legend_handles_labels()
+    ncol = 3
+    legend_in = 0.2 * -(-len(labels) // ncol) + 0.1  # inches: one 8-pt row per 3 runs
+    fig.set_size_inches(13, 5 + legend_in)
+    fig.tight_layout(rect=(0, legend_in / (5 + legend_in), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

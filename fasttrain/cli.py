@@ -32,7 +32,7 @@ def _cmd_train(args) -> int:
     final = summary["final"]
     print(json.dumps({"run_dir": str(Path(cfg.out_dir) / cfg.name), "final": final, "best": summary["best"],
                       "img_per_s": round(summary["img_per_s"], 1), "wall_s": round(summary["wall_s"], 1),
-                      "stages": [s["name"] for s in summary["stages"]]}, indent=1))
+                      "stages": summary["stage_results"]}, indent=1))
     return 0
 
 

@@ -332,7 +332,8 @@ class Trainer:
 
 
 def run_training(cfg: RunConfig, resume: bool | str | Path = False, overwrite: bool = False) -> dict:
-    """Run every stage of `cfg`; returns the last stage's summary (with `stages` for all).
+    """Run every stage of `cfg`; returns the last stage's summary, with `stages` (every stage's
+    summary) and `stage_results` (each stage's name, method, directory and top-1).
 
     `resume=True` continues the first stage's last.pt and then every later stage from its own;
     `resume=PATH` continues the first stage from that checkpoint."""
@@ -353,6 +354,7 @@ def run_training(cfg: RunConfig, resume: bool | str | Path = False, overwrite: b
 def _run_stages(cfg: RunConfig, root: Path, resume: bool | str | Path, overwrite: bool) -> dict:
     result = Trainer(cfg, root, resume=resume, overwrite=overwrite).fit()
     summaries = [result.summary]
+    dirs = [root]
     for i, stage in enumerate(cfg.stages):
         if "stopped_at_epoch" in result.summary:
             break
@@ -363,6 +365,40 @@ def _run_stages(cfg: RunConfig, root: Path, resume: bool | str | Path, overwrite
         result = Trainer(scfg, root / stage.name, previous_model=result.model, resume=stage_resume,
                          overwrite=overwrite).fit()
         summaries.append(result.summary)
+        dirs.append(root / stage.name)
     out = dict(summaries[-1])
     out["stages"] = summaries
+    out["stage_results"] = stage_results(summaries, dirs)
+    if len(summaries) > 1 and "stopped_at_epoch" not in out:
+        _log_stage_results(out["stage_results"])
     return out
+
+
+def stage_results(summaries: list[dict], dirs: list[Path]) -> list[dict]:
+    """Each finished stage's name, method, directory and top-1 (last epoch, and best on the evaluation
+    split where the stage trained)."""
+    rows = []
+    for summary, where in zip(summaries, dirs):
+        if "final" not in summary:  # a stage stopped by a signal: it has no result yet
+            continue
+        rows.append({"name": summary["name"], "method": summary["method"], "dir": str(where),
+                     "top1": summary["final"]["top1"], "best_top1": (summary.get("best") or {}).get("top1")})
+    return rows
+
+
+def _log_stage_results(rows: list[dict]) -> None:
+    """One line with every stage's top-1, and a warning where an earlier stage beat the last one: the
+    run's final model is its last stage's, which need not be its best (measured: SSD's CIFAR port,
+    stage III 79.61 and stage IV 67.27)."""
+    def top1(row: dict) -> str:
+        return "–" if row["top1"] is None else f"{row['top1']:.2f} %"
+
+    log.info("stages: %s", " · ".join(f"{r['name']} ({r['method']}) {top1(r)}" for r in rows))
+    scored = [r for r in rows if r["top1"] is not None]
+    if not scored or rows[-1]["top1"] is None:
+        return
+    best = max(scored, key=lambda r: r["top1"])
+    if best["top1"] > rows[-1]["top1"]:
+        log.warning("the last stage (%s, %s) is the run's final model, but stage %s scored higher (%s): its "
+                    "model is %s/last.pt", rows[-1]["name"], top1(rows[-1]), best["name"], top1(best),
+                    best["dir"])

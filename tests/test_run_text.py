@@ -57,3 +57,43 @@ def test_etas_count_the_remaining_steps_and_evaluations():
     # 2 s per step, 10 steps per epoch, after step 4 of epoch 1 of 3, 2 evaluations due (epochs 1, 2) at 5 s
     assert etas(1, 3, 4, 10, 2.0, 2, 5.0) == pytest.approx((12.0, 12.0 + 20.0 + 10.0))
     assert [duration(s) for s in (0.4, 42, 417, 3725)] == ["0s", "42s", "6m57s", "1h02m"]
+
+
+def test_a_run_with_stages_ends_with_every_stage_top1_in_the_log_and_the_result(tmp_path, caplog):
+    """CE → LWS on synthetic data: `stage_results` lists both stages (name, method, directory, top-1
+    last and best) as their summaries say, and one log line gives every stage's top-1."""
+    lws = load_config(ROOT / "configs" / "decoupling" / "lws_cifar10_lt_r100.yaml").stages[0]
+    lws.overrides["train"] = {"epochs": 1, "max_steps_per_epoch": 2}
+    lws.overrides.setdefault("loader", {})["batch_size"] = 4
+    cfg = load_config(CONFIG, [
+        "data.dataset=synthetic", "data.num_classes=3", "data.synthetic_size=[32,32]", "data.synthetic_max_per_class=8",
+        f"data.root={tmp_path / 'syn'}", f"out_dir={tmp_path / 'runs'}", "device=cpu", "train.epochs=1",
+        "train.max_steps_per_epoch=2", "loader.num_workers=0", "loader.batch_size=4"])
+    cfg.stages.append(lws)
+    with caplog.at_level("INFO", logger="fasttrain"):
+        out = run_training(cfg)
+    run = tmp_path / "runs" / "ce_cifar10_lt_r100"
+    rows = out["stage_results"]
+    assert [(r["name"], r["method"], r["dir"]) for r in rows] == [
+        ("ce_cifar10_lt_r100", "ce", str(run)), (f"ce_cifar10_lt_r100/{lws.name}", "lws", str(run / lws.name))]
+    for row, summary in zip(rows, out["stages"]):
+        assert row["top1"] == summary["final"]["top1"] and row["best_top1"] == summary["best"]["top1"]
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("stages: "))
+    assert line == ("stages: " + " · ".join(f"{r['name']} ({r['method']}) {r['top1']:.2f} %" for r in rows))
+
+
+def test_the_stage_line_warns_when_an_earlier_stage_beat_the_final_model(caplog):
+    from fasttrain.trainer import _log_stage_results
+
+    rows = [{"name": "ssd", "method": "ssd_stage1", "dir": "runs/ssd", "top1": 69.57, "best_top1": 71.65},
+            {"name": "ssd/stage3", "method": "ssd_distill", "dir": "runs/ssd/stage3", "top1": 79.61, "best_top1": 79.93},
+            {"name": "ssd/stage4", "method": "lws", "dir": "runs/ssd/stage4", "top1": 67.27, "best_top1": 70.28}]
+    with caplog.at_level("INFO", logger="fasttrain"):
+        _log_stage_results(rows)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["the last stage (ssd/stage4, 67.27 %) is the run's final model, but stage ssd/stage3 scored "
+                        "higher (79.61 %): its model is runs/ssd/stage3/last.pt"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="fasttrain"):
+        _log_stage_results(rows[:2])  # the last stage is the best: no warning
+    assert [r.levelname for r in caplog.records] == ["INFO"]

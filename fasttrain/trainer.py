@@ -369,7 +369,8 @@ def _run_stages(cfg: RunConfig, root: Path, resume: bool | str | Path, overwrite
     out = dict(summaries[-1])
     out["stages"] = summaries
     out["stage_results"] = stage_results(summaries, dirs)
-    if len(summaries) > 1 and "stopped_at_epoch" not in out:
+    # rank 0 only: under torchrun the other ranks print warnings, and this one would repeat per rank
+    if len(summaries) > 1 and "stopped_at_epoch" not in out and distributed.rank() == 0:
         _log_stage_results(out["stage_results"])
     return out
 
